@@ -1,9 +1,9 @@
 """Margin-based preference losses in the AMaPO paper's unified form; usable from any training loop.
 
-    from amapo.losses import PreferenceInputs, build_loss
-    loss_fn = build_loss("amapo", beta=2.0)
-    out = loss_fn(PreferenceInputs(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths))
-    out.loss.backward()
+from amapo.losses import PreferenceInputs, build_loss
+loss_fn = build_loss("amapo", beta=2.0)
+out = loss_fn(PreferenceInputs(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths))
+out.loss.backward()
 """
 
 from amapo.losses import amapo as _amapo  # noqa: F401  (registers the AMaPO family)

@@ -104,7 +104,8 @@ class AMaPOLoss(PreferenceLoss):
         return Margin(values=margin, mean=stats.mean, std=stats.std)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, znorm={self.znorm}, exp_scaling={self.exp_scaling}, zero_margin={self.zero_margin}"
+        flags = f"znorm={self.znorm}, exp_scaling={self.exp_scaling}, zero_margin={self.zero_margin}"
+        return f"{super().extra_repr()}, {flags}"
 
 
 @register_loss("amapo-released", "-log sigmoid(beta*d - sg[beta*e^((mu-d)/sigma*mu) if d < mu else 0])")

@@ -45,7 +45,7 @@ class PreferenceInputs:
         ref_rejected_logps: summed reference log-probs of y_l.
         offsets: a per-pair value from the dataset (ODPO: the score difference s_w - s_l).
 
-    Log-probs may be fp16/bf16; losses upcast them to fp32. Lengths are clamped to at least 1 before
+    Log-probs may be fp16/bf16; losses compute in fp32 (fp64 inputs stay fp64). Lengths are clamped to at least 1 before
     dividing, so an empty response gives a mean log-prob of 0 rather than 0/0.
     """
 
@@ -71,8 +71,7 @@ class PreferenceInputs:
                 shape = value.shape
             elif value.shape != shape:
                 raise ValueError(
-                    f"PreferenceInputs.{field.name} has shape {tuple(value.shape)}, "
-                    f"but chosen_logps has {tuple(shape)}"
+                    f"PreferenceInputs.{field.name} has shape {tuple(value.shape)}, but chosen_logps has {tuple(shape)}"
                 )
         if (self.ref_chosen_logps is None) != (self.ref_rejected_logps is None):
             raise ValueError("PreferenceInputs: give both ref_chosen_logps and ref_rejected_logps, or neither")
@@ -143,8 +142,9 @@ class LossOutput:
         return out
 
 
-def _to_float(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float()
+def _at_least_fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Upcast fp16/bf16 (and integer) tensors to fp32; keep fp32 and fp64 as they are."""
+    return None if t is None else t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def mean_logps(logps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -232,13 +232,13 @@ class PreferenceLoss(nn.Module):
     def forward(self, inputs: PreferenceInputs) -> LossOutput:
         self.check_inputs(inputs)
         x = PreferenceInputs(
-            chosen_logps=inputs.chosen_logps.float(),
-            rejected_logps=inputs.rejected_logps.float(),
+            chosen_logps=_at_least_fp32(inputs.chosen_logps),
+            rejected_logps=_at_least_fp32(inputs.rejected_logps),
             chosen_lengths=inputs.chosen_lengths,
             rejected_lengths=inputs.rejected_lengths,
-            ref_chosen_logps=_to_float(inputs.ref_chosen_logps),
-            ref_rejected_logps=_to_float(inputs.ref_rejected_logps),
-            offsets=_to_float(inputs.offsets),
+            ref_chosen_logps=_at_least_fp32(inputs.ref_chosen_logps),
+            ref_rejected_logps=_at_least_fp32(inputs.ref_rejected_logps),
+            offsets=_at_least_fp32(inputs.offsets),
         )
         chosen_rewards = self.response_reward(x.chosen_logps, x.chosen_lengths, x.ref_chosen_logps)
         rejected_rewards = self.response_reward(x.rejected_logps, x.rejected_lengths, x.ref_rejected_logps)

@@ -221,4 +221,3 @@ class AlphaDPOLoss(PreferenceLoss):
         normalized = -standardized_gap(gap, running)  # (M - mu_t) / sigma_t
         values = self.beta * (self.gamma_beta_ratio + self.alpha * normalized)
         return Margin(values=values, mean=self.running_mean.clone(), std=self.running_std.clone())
-

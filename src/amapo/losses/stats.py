@@ -34,15 +34,16 @@ class BatchStats:
 
 
 def batch_stats(values: torch.Tensor, gather: GatherFn | None = None) -> BatchStats:
-    """Statistics of ``values`` (detached, fp32) over the batch that ``gather`` defines.
+    """Statistics of ``values`` (detached, at least fp32) over the batch that ``gather`` defines.
 
     The standard deviation is the unbiased one (Bessel's correction), as ``torch.std`` in AMaPO's released
     trainer; the paper only says "standard deviation".
     """
     with torch.no_grad():
-        pooled = values.detach().float().reshape(-1)
+        pooled = values.detach().reshape(-1)
         if gather is not None:
-            pooled = gather(pooled).float().reshape(-1)
+            pooled = gather(pooled).reshape(-1)
+        pooled = pooled.to(torch.promote_types(pooled.dtype, torch.float32))  # fp16/bf16 -> fp32, fp64 kept
         count = pooled.numel()
         if count == 0:
             raise ValueError("batch statistics need at least one pair; got an empty batch")
