@@ -144,6 +144,9 @@ class FocalPOLoss(PreferenceLoss):
     p^gamma down-weights pairs ranked wrong (p small) and keeps the weight of pairs ranked right: the
     opposite direction to AMaPO. The modulating factor is differentiated (not detached), as in focal loss.
     Computed as -exp(g * log p) * log p from log p = log sigmoid(z), which is stable for any z.
+    No code was released (the repository holds only a README): the p^gamma form follows the paper's abstract
+    (a focal-style factor that down-weights misranked pairs), and the default focal_gamma = 0.05 is ours to
+    confirm against the paper's appendix; set it explicitly when reproducing FocalPO's numbers.
     """
 
     needs_reference = True

@@ -1,0 +1,39 @@
+"""Built-in assets for the default job: a byte tokenizer, a tiny Llama policy after SFT, a synthetic task.
+
+Sources named ``builtin:...`` in a config resolve to local paths here, so the rest of the pipeline sees an
+ordinary model folder and ordinary JSONL files:
+
+* ``builtin:tiny-llama``: the cached model folder;
+* ``builtin:reverse``: the task's training pairs; ``builtin:reverse/<set>``: a held-out set
+  (``in_distribution``, ``prompt_ood``, ``response_ood``, ``mutual_ood``).
+"""
+
+from __future__ import annotations
+
+from amapo.builtin.assets import BuiltinAssets, prepare_builtin
+from amapo.builtin.task import EVAL_SETS
+
+PREFIX = "builtin:"
+
+
+def is_builtin(source: str | None) -> bool:
+    return isinstance(source, str) and source.startswith(PREFIX)
+
+
+def resolve_source(source: str) -> str:
+    """A local path for a ``builtin:`` source (building the assets on first use); other sources unchanged."""
+    if not is_builtin(source):
+        return source
+    name = source.removeprefix(PREFIX)
+    assets: BuiltinAssets = prepare_builtin()
+    if name == "tiny-llama":
+        return str(assets.model_dir)
+    if name == "reverse":
+        return str(assets.train_file)
+    if name.startswith("reverse/") and name.removeprefix("reverse/") in EVAL_SETS:
+        return str(assets.eval_files()[name.removeprefix("reverse/")])
+    known = ["builtin:tiny-llama", "builtin:reverse", *(f"builtin:reverse/{s}" for s in EVAL_SETS)]
+    raise ValueError(f"unknown built-in source {source!r}; known: {', '.join(known)}")
+
+
+__all__ = ["EVAL_SETS", "is_builtin", "prepare_builtin", "resolve_source"]

@@ -1,0 +1,117 @@
+"""Recognise a preference dataset's format and convert it, row by row, to the standard form.
+
+Formats, detected from the column names (after ``column_mapping``):
+
+==========================  =========================================================================
+plain / conversational      columns ``prompt``, ``chosen``, ``rejected`` (strings, or lists of messages)
+implicit prompt             ``chosen`` and ``rejected`` only: the prompt is their shared prefix
+OpenAI preference schema    ``input.messages``, ``preferred_output``, ``non_preferred_output``
+                            (OpenAI's preference fine-tuning JSONL; other keys of ``input`` are dropped)
+mapped                      ``column_mapping={"prompt": "question", "chosen": "a.b", "offset": "score"}``:
+                            a standard name -> a source column or dotted path into nested columns
+==========================  =========================================================================
+
+A mapping overrides detection field by field, so ``{"offset": "margin"}`` alone still auto-detects the rest.
+Source columns that a field was read from are dropped (they would duplicate it); every other column passes
+through unchanged. The per-row checks and conversions live in ``amapo.data.pairs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+
+from amapo.data.caching import SOURCE_DIGEST
+from amapo.data.errors import DataError
+from amapo.data.pairs import MISSING, standardize_pair
+
+STANDARD_FIELDS = ("prompt", "chosen", "rejected")
+_FRESH = "__amapo_standard__"
+OPENAI_PREFERENCE_PATHS = {"prompt": "input.messages", "chosen": "preferred_output", "rejected": "non_preferred_output"}
+
+
+def lookup(row: Mapping[str, Any], path: str) -> Any:
+    """The value at ``path`` ("a.b.c" walks nested dicts), or MISSING. A column literally named "a.b" wins."""
+    if path in row:
+        return row[path]
+    value: Any = row
+    for key in path.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            return MISSING
+        value = value[key]
+    return value
+
+
+def _source_column(path: str, columns: list[str]) -> str:
+    return path if path in columns else path.split(".")[0]
+
+
+def field_paths(columns: list[str], column_mapping: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Standard (and mapped extra) field -> source path; ``prompt`` -> None means the prompt is implicit."""
+    mapping = dict(column_mapping or {})
+    for name, path in mapping.items():
+        if not isinstance(path, str) or _source_column(path, columns) not in columns:
+            raise DataError(
+                f"column_mapping sends {name!r} to {path!r}, but the dataset has no such column (columns: {columns})",
+                field=name,
+            )
+    paths: dict[str, str | None] = {}
+    is_openai = all(path.split(".")[0] in columns for path in OPENAI_PREFERENCE_PATHS.values())
+    if is_openai and not ({"chosen", "rejected"} & set(mapping)):
+        paths.update(OPENAI_PREFERENCE_PATHS)
+    for name in STANDARD_FIELDS:
+        paths.setdefault(name, name if name in columns else None)
+    paths.update(mapping)
+    for name in ("chosen", "rejected"):
+        if paths[name] is None:
+            raise DataError(
+                f"the dataset has no {name!r} column (columns: {columns}); "
+                f"name the source column with column_mapping={{{name!r}: ...}}",
+                field=name,
+            )
+    return paths
+
+
+def standardize_preference_dataset(
+    dataset: datasets.Dataset, column_mapping: Mapping[str, str] | None = None
+) -> datasets.Dataset:
+    """``dataset`` in the standard form: ``prompt``/``chosen``/``rejected`` plus passthrough columns.
+
+    Runs as ``Dataset.map`` (so it scales to datasets larger than memory); a bad row raises a DataError
+    naming its index and field.
+    """
+    if len(dataset) == 0:
+        raise DataError("the dataset has no rows")
+    columns = list(dataset.column_names)
+    paths = field_paths(columns, column_mapping)
+    extras = {name: path for name, path in paths.items() if name not in STANDARD_FIELDS}
+
+    def to_standard(row: dict[str, Any], index: int, code_version: str) -> dict[str, Any]:
+        prompt_path = paths["prompt"]
+        prompt = MISSING if prompt_path is None else lookup(row, prompt_path)
+        chosen, rejected = lookup(row, paths["chosen"]), lookup(row, paths["rejected"])
+        prompt, chosen, rejected = standardize_pair(prompt, chosen, rejected, row=index)
+        out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        for name, path in extras.items():
+            value = lookup(row, path)
+            if value is MISSING:
+                raise DataError(f"missing (column_mapping path {path!r})", index, name)
+            out[name] = value
+        return {_FRESH + name: value for name, value in out.items()}
+
+    # Outputs go to fresh column names, renamed after: a column that map writes under an input column's name
+    # is cast to that column's type (a message struct would keep a source-only key such as "name").
+    consumed = {_source_column(path, columns) for path in paths.values() if path is not None}
+    consumed |= set(paths) & set(columns)
+    standard = dataset.map(
+        to_standard,
+        with_indices=True,
+        fn_kwargs={"code_version": SOURCE_DIGEST},  # see amapo.data.caching
+        remove_columns=sorted(consumed),
+        desc="Converting to prompt/chosen/rejected",
+    )
+    standard = standard.rename_columns({_FRESH + name: name for name in paths})
+    passthrough = [name for name in standard.column_names if name not in paths]
+    return standard.select_columns([*STANDARD_FIELDS, *extras, *passthrough])

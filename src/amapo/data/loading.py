@@ -1,0 +1,70 @@
+"""Load a preference dataset from a local file, a local folder, or the Hugging Face Hub, in the standard form."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import datasets
+
+from amapo.data.formats import standardize_preference_dataset
+
+# File suffix -> the ``datasets`` builder that reads it; compressed copies (".jsonl.gz") read the same way.
+BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
+
+
+def _data_suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _looks_like_local_path(source: str) -> bool:
+    """True for "./x", "/x", "~/x", "..", "data.jsonl": a typo there must not turn into a Hub lookup."""
+    return source.startswith((".", "/", "~", "\\")) or _data_suffix(Path(source)) in BUILDER_BY_SUFFIX
+
+
+def load_raw_dataset(source: str, *, split: str = "train", dataset_config: str | None = None) -> datasets.Dataset:
+    """One split of ``source`` as stored, before any format conversion.
+
+    A file goes through the builder for its suffix with ``data_files`` (a single file is split "train", so
+    ``"train[:90%]"`` / ``"train[90%:]"`` slice it into train and eval); a folder goes through the ``datasets``
+    folder loader, which picks the format and reads split names from file names ("train.jsonl",
+    "test.jsonl"); anything else is a Hub dataset name.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        if dataset_config is not None:
+            raise ValueError(f"dataset_config={dataset_config!r} applies to Hub datasets, not to the file {source!r}")
+        builder = BUILDER_BY_SUFFIX.get(_data_suffix(path))
+        if builder is None:
+            known = ", ".join(sorted(BUILDER_BY_SUFFIX))
+            raise ValueError(f"cannot read {source!r}: unknown file type (known: {known}, optionally compressed)")
+        return datasets.load_dataset(builder, data_files=str(path), split=split)
+    if path.is_dir():
+        if dataset_config is not None:
+            raise ValueError(f"dataset_config={dataset_config!r} applies to Hub datasets, not to the folder {source!r}")
+        return datasets.load_dataset(str(path), split=split)
+    if _looks_like_local_path(source):
+        raise FileNotFoundError(f"preference dataset {source!r} not found (looked for {path.absolute()})")
+    return datasets.load_dataset(source, dataset_config, split=split)
+
+
+def load_preference_dataset(
+    source: str,
+    *,
+    split: str = "train",
+    dataset_config: str | None = None,
+    column_mapping: Mapping[str, str] | None = None,
+) -> datasets.Dataset:
+    """Load ``source`` and convert it to the standard form (columns ``prompt``, ``chosen``, ``rejected``).
+
+    ``source`` is a local .json/.jsonl/.parquet/.csv file, a local folder of them, or a Hub dataset name
+    (loaded as ``datasets.load_dataset(source, dataset_config, split=split)``). Formats and ``column_mapping``
+    are described in ``amapo.data.formats``; a bad row raises ``DataError`` naming its index (within ``split``)
+    and field.
+    """
+    raw = load_raw_dataset(source, split=split, dataset_config=dataset_config)
+    return standardize_preference_dataset(raw, column_mapping)

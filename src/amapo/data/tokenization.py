@@ -1,0 +1,193 @@
+"""Turn standard-form pairs into token ids: one prompt, two responses, each response ending with EOS.
+
+Plain pairs: ``prompt_ids = tokenizer(prompt)`` with special tokens (BOS where the tokenizer adds one). A
+response is tokenized together with its prompt, ``tokenizer(prompt + response)``, and its ids are what comes
+after the prompt ids, so the tokens at the seam are the ones the model will read. When the prompt ids are
+not a prefix of the joint ids (a merge across the seam), the response is tokenized alone without special
+tokens and appended; ``tokenize_dataset`` logs one warning with the number of such rows.
+
+Conversational pairs: rendered with the chat template (``amapo.data.chat``); the rendered text already
+holds BOS, so it is tokenized with ``add_special_tokens=False`` (no double BOS), seam checked the same way.
+
+Responses end at EOS: when the template closes the turn with EOS followed only by whitespace ("</s>\\n"),
+the response is cut right after its last EOS, since the model must learn to stop at EOS, not to emit the
+newline that the template writes between turns; otherwise EOS is appended unless already last.
+
+BOS is never added twice: a prompt whose text starts with the BOS text (pre-rendered) would get the
+tokenizer's BOS too, and the duplicate is dropped. BOS later in a prompt is left alone (Llama-2's template,
+rendered or pre-rendered, opens every user turn with BOS); BOS in a response, which no template writes there,
+raises DataError (the text holds the BOS text, e.g. an HTML "<s>" under Llama's tokenizer). Then
+``truncation``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import datasets
+
+from amapo.data.caching import SOURCE_DIGEST
+from amapo.data.chat import render_pair, resolve_chat_template
+from amapo.data.errors import DataError
+from amapo.data.pairs import MISSING, standardize_pair
+from amapo.data.truncation import check_truncation_options, truncate_pair
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+_SEAM_COLUMN = "_seam_fallbacks"  # internal: counted by tokenize_dataset, then dropped
+
+
+def _ids(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
+    # verbose=False: long texts are expected here (they are truncated below), not a mistake worth a warning.
+    return list(tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)["input_ids"])
+
+
+def response_ids_after(
+    tokenizer, prompt_text: str, prompt_ids: list[int], response_text: str, *, add_special_tokens: bool
+) -> tuple[list[int], bool]:
+    """(the response's ids as they follow the prompt, whether the seam fallback was needed)."""
+    joint = _ids(tokenizer, prompt_text + response_text, add_special_tokens=add_special_tokens)
+    if joint[: len(prompt_ids)] == prompt_ids:
+        return joint[len(prompt_ids) :], False
+    return _ids(tokenizer, response_text, add_special_tokens=False), True
+
+
+def end_at_eos(ids: list[int], tokenizer) -> list[int]:
+    """``ids`` cut after their last EOS when only whitespace follows it, else with EOS appended unless last."""
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        last = len(ids) - 1 - ids[::-1].index(eos)
+        if not tokenizer.decode(ids[last + 1 :]).strip():
+            return ids[: last + 1]
+    return ids if ids[-1:] == [eos] else [*ids, eos]
+
+
+def _check_no_bos_in_responses(responses: dict[str, list[int]], bos: int | None, eos: int, row: int | None) -> None:
+    if bos is None or bos == eos:  # GPT-2 style tokenizers use one token for both: EOS is expected inside
+        return
+    for field, ids in responses.items():
+        if bos in ids:
+            raise DataError("holds the BOS token (the text contains the BOS text)", row, field)
+
+
+def encode_pair(row: dict, tokenizer, *, chat_template: str | None, row_index: int | None) -> tuple[dict, int]:
+    """(``tokenize_pair``'s ids before truncation, the number of responses that needed the seam fallback)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no EOS token: set tokenizer.eos_token")
+    prompt, chosen, rejected = standardize_pair(
+        row.get("prompt", MISSING), row.get("chosen", MISSING), row.get("rejected", MISSING), row=row_index
+    )
+    if isinstance(prompt, str):
+        prompt_text, response_texts, special = prompt, {"chosen": chosen, "rejected": rejected}, True
+    else:
+        template = resolve_chat_template(tokenizer, chat_template)
+        responses = {"chosen": chosen, "rejected": rejected}
+        prompt_text, response_texts = render_pair(tokenizer, prompt, responses, template, row=row_index)
+        special = False
+    prompt_ids = _ids(tokenizer, prompt_text, add_special_tokens=special)
+    encoded, fallbacks = {}, 0
+    for field, text in response_texts.items():
+        ids, fell_back = response_ids_after(tokenizer, prompt_text, prompt_ids, text, add_special_tokens=special)
+        fallbacks += fell_back
+        ids = end_at_eos(ids, tokenizer)
+        if ids == [tokenizer.eos_token_id]:
+            raise DataError("response is empty (no token before EOS)", row_index, field)
+        encoded[field] = ids
+    bos = tokenizer.bos_token_id
+    _check_no_bos_in_responses(encoded, bos, tokenizer.eos_token_id, row_index)
+    while bos is not None and prompt_ids[:2] == [bos, bos]:
+        prompt_ids = prompt_ids[1:]
+    if not prompt_ids:
+        raise DataError("the prompt has no tokens and the tokenizer adds no BOS: nothing to condition on", row_index)
+    return {
+        "prompt_input_ids": prompt_ids,
+        "chosen_input_ids": encoded["chosen"],
+        "rejected_input_ids": encoded["rejected"],
+    }, fallbacks
+
+
+def tokenize_pair(
+    row: dict,
+    tokenizer,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    truncation_mode: str = "keep_end",
+    chat_template: str | None = None,
+    row_index: int | None = None,
+) -> dict[str, Any]:
+    """One standard-form pair as ``prompt_input_ids`` / ``chosen_input_ids`` / ``rejected_input_ids`` and
+    ``prompt_truncated`` / ``chosen_truncated`` / ``rejected_truncated`` (rules in the module docstrings).
+
+    The response ids are the response tokens only; the model reads ``prompt_input_ids + chosen_input_ids``.
+    """
+    check_truncation_options(max_length, max_prompt_length, truncation_mode)
+    ids, _ = encode_pair(row, tokenizer, chat_template=chat_template, row_index=row_index)
+    return _truncate(ids, tokenizer, max_length, max_prompt_length, truncation_mode, row_index)
+
+
+def _truncate(ids: dict, tokenizer, max_length: int, max_prompt_length: int, mode: str, row: int | None) -> dict:
+    return truncate_pair(
+        ids["prompt_input_ids"],
+        ids["chosen_input_ids"],
+        ids["rejected_input_ids"],
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=mode,
+        bos_token_id=tokenizer.bos_token_id,
+        row=row,
+    )
+
+
+def tokenize_dataset(
+    dataset: datasets.Dataset,
+    tokenizer,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    truncation_mode: str = "keep_end",
+    chat_template: str | None = None,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """``tokenize_pair`` over every row (errors name the row index); the text columns are dropped, the
+    passthrough columns (e.g. ``offset``, ``ref_chosen_logps``) kept. Logs one warning when the seam fallback
+    was needed, and the number of truncated rows at INFO level.
+    """
+    check_truncation_options(max_length, max_prompt_length, truncation_mode)
+    missing = [name for name in ("chosen", "rejected") if name not in dataset.column_names]
+    if missing:
+        raise DataError(f"no column {missing}: convert the dataset with load_preference_dataset first")
+    if len(dataset) == 0:
+        raise DataError("the dataset has no rows")
+    if isinstance(dataset[0]["chosen"], list):
+        chat_template = resolve_chat_template(tokenizer, chat_template)  # fail once, before any row; read a file once
+
+    def tokenize_row(row: dict, index: int, code_version: str) -> dict:
+        ids, fallbacks = encode_pair(row, tokenizer, chat_template=chat_template, row_index=index)
+        out = _truncate(ids, tokenizer, max_length, max_prompt_length, truncation_mode, index)
+        out[_SEAM_COLUMN] = fallbacks
+        return out
+
+    tokenized = dataset.map(
+        tokenize_row,
+        with_indices=True,
+        fn_kwargs={"code_version": SOURCE_DIGEST},  # see amapo.data.caching
+        remove_columns=[name for name in TEXT_COLUMNS if name in dataset.column_names],
+        num_proc=num_proc,
+        desc="Tokenizing preference pairs",
+    )
+    seam_rows = sum(count > 0 for count in tokenized[_SEAM_COLUMN])
+    if seam_rows:
+        logger.warning(
+            "%d of %d rows: the prompt tokens were not a prefix of prompt+response tokens (a merge across the seam); "
+            "their responses were tokenized alone and appended",
+            seam_rows,
+            len(tokenized),
+        )
+    for field in TEXT_COLUMNS:
+        count = sum(tokenized[f"{field}_truncated"])
+        if count:
+            logger.info("%d of %d rows: %s truncated (max_length=%d)", count, len(tokenized), field, max_length)
+    return tokenized.remove_columns(_SEAM_COLUMN)

@@ -1,0 +1,188 @@
+"""Every option of ``amapo train``, declared once: the same names serve the YAML recipe, the CLI and Python.
+
+``TrainConfig`` extends transformers' ``TrainingArguments`` (learning rate, batch sizes, schedule, precision,
+checkpointing, ``report_to``, ...) with the model, data and loss options. ``amapo train --help`` lists all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from amapo.losses import build_loss, loss_spec
+from amapo.losses.base import PreferenceLoss
+from amapo.losses.stats import all_gather_detached
+
+# Loss options exposed as top-level flags; None means "the method's own default" (see ``amapo.losses``).
+LOSS_OPTIONS = (
+    "beta",
+    "gamma_beta_ratio",
+    "label_smoothing",
+    "nll_weight",
+    "alpha",
+    "focal_gamma",
+    "momentum",
+    "offset_transform",
+    "znorm",
+    "exp_scaling",
+    "zero_margin",
+)
+MARGIN_STATS = ("micro_batch", "all_ranks")
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    # --- model ------------------------------------------------------------------------------------------------
+    model_name_or_path: str = field(
+        default="builtin:tiny-llama",
+        metadata={"help": "Hub id or local folder of a causal LM; 'builtin:tiny-llama' is the built-in tiny policy."},
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference model for reference-based methods (default: the initial policy). Never loaded "
+            "for reference-free methods."
+        },
+    )
+    precompute_ref_logps: bool = field(
+        default=False,
+        metadata={"help": "Compute reference log-probs once before training, then free the reference model."},
+    )
+    torch_dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype when loading: auto, float32, bfloat16 or float16."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2 (default: transformers')."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub. Off by default."})
+    chat_template: str | None = field(
+        default=None, metadata={"help": "Chat template (Jinja string or .jinja path) overriding the tokenizer's."}
+    )
+    # --- LoRA -------------------------------------------------------------------------------------------------
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt ('all-linear' = every linear)."}
+    )
+    # --- data -------------------------------------------------------------------------------------------------
+    dataset: str = field(
+        default="builtin:reverse",
+        metadata={
+            "help": "Hub dataset name, or a local .json/.jsonl/.parquet/.csv file or folder; "
+            "'builtin:reverse' is the built-in synthetic task."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Training split, slicing allowed: 'train[:90%%]'."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split of `dataset` to evaluate on, e.g. 'test' or 'train[90%%:]'."}
+    )
+    eval_datasets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra named eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT'; 'none' clears them."},
+    )
+    column_mapping: str | None = field(
+        default=None,
+        metadata={"help": 'JSON mapping standard names to columns, dotted paths allowed: {"chosen": "response_j"}.'},
+    )
+    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
+    max_prompt_length: int = field(default=512, metadata={"help": "Max prompt tokens when truncation is needed."})
+    truncation_mode: str = field(
+        default="keep_end", metadata={"help": "Prompt truncation: keep_end (last tokens) or keep_start."}
+    )
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenizing the dataset."})
+    offset_column: str = field(default="offset", metadata={"help": "Dataset column with ODPO's per-pair offset."})
+    # --- loss -------------------------------------------------------------------------------------------------
+    method: str = field(
+        default="amapo",
+        metadata={"help": "Loss: amapo, amapo-released, simpo, dpo, ... (see `amapo.losses.available_losses()`)."},
+    )
+    beta: float | None = field(default=None, metadata={"help": "Reward scale beta (default: the method's)."})
+    gamma_beta_ratio: float | None = field(default=None, metadata={"help": "SimPO / alpha-DPO target margin / beta."})
+    label_smoothing: float | None = field(default=None, metadata={"help": "cDPO label smoothing (sigmoid links)."})
+    nll_weight: float | None = field(default=None, metadata={"help": "Weight of the NLL term on chosen (CPO)."})
+    alpha: float | None = field(default=None, metadata={"help": "ODPO offset scale / alpha-DPO alpha."})
+    focal_gamma: float | None = field(default=None, metadata={"help": "FocalPO exponent."})
+    momentum: float | None = field(default=None, metadata={"help": "alpha-DPO running-statistics momentum."})
+    offset_transform: str | None = field(default=None, metadata={"help": "ODPO offset transform: log or identity."})
+    znorm: bool | None = field(default=None, metadata={"help": "AMaPO: Z-normalize the margin (ablation: false)."})
+    exp_scaling: bool | None = field(default=None, metadata={"help": "AMaPO: exponential scaling (ablation: false)."})
+    zero_margin: bool | None = field(default=None, metadata={"help": "AMaPO: zero margin for pairs ranked right."})
+    margin_stats: str = field(
+        default="micro_batch",
+        metadata={"help": "Batch over which adaptive margins take mu/sigma: micro_batch (this device) or all_ranks."},
+    )
+    # --- TrainingArguments defaults that differ for preference training ---------------------------------------
+    output_dir: str | None = field(default="outputs/amapo", metadata={"help": "Where the model, metrics and card go."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (AdamW)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warm-up."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training pairs."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per micro-batch."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per device per eval batch."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "Checkpoint schedule: no, steps or epoch."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep dataset columns (the collator needs them)."}
+    )
+    report_to: str | list[str] | None = field(
+        default="none", metadata={"help": "Trackers: none, tensorboard, wandb, trackio, all."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.truncation_mode not in ("keep_end", "keep_start"):
+            raise ValueError(f"truncation_mode must be keep_end or keep_start, got {self.truncation_mode!r}")
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(
+                f"need 0 < max_prompt_length < max_length, got max_prompt_length={self.max_prompt_length}, "
+                f"max_length={self.max_length}"
+            )
+        if self.margin_stats not in MARGIN_STATS:
+            raise ValueError(f"margin_stats must be one of {MARGIN_STATS}, got {self.margin_stats!r}")
+        loss_spec(self.method)  # unknown method: a clear error listing the known ones
+        self.loss_options()  # an option the method does not take: a clear error now, not after loading a model
+        if isinstance(self.column_mapping, str):
+            try:
+                parsed = json.loads(self.column_mapping)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"column_mapping must be a JSON object: {e}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("column_mapping must be a JSON object mapping standard names to columns")
+        if self.eval_datasets == ["none"]:
+            self.eval_datasets = []
+        for entry in self.eval_datasets:
+            if "=" not in entry:
+                raise ValueError(f"eval_datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
+
+    def column_mapping_dict(self) -> dict[str, str] | None:
+        if self.column_mapping is None or isinstance(self.column_mapping, dict):
+            return self.column_mapping
+        return json.loads(self.column_mapping)
+
+    def loss_options(self) -> dict[str, Any]:
+        """The loss options set by the user, checked against what ``method`` accepts."""
+        chosen = {name: getattr(self, name) for name in LOSS_OPTIONS if getattr(self, name) is not None}
+        accepted = set(loss_spec(self.method).defaults())
+        unknown = sorted(set(chosen) - accepted)
+        if unknown:
+            raise ValueError(
+                f"option {', '.join('--' + u for u in unknown)} does not apply to method {self.method!r}; "
+                f"it takes: {', '.join(sorted(accepted))}"
+            )
+        return chosen
+
+    def build_loss(self) -> PreferenceLoss:
+        gather = all_gather_detached() if self.margin_stats == "all_ranks" else None
+        return build_loss(self.method, gather=gather, **self.loss_options())
+
+    def resolved_loss_options(self) -> dict[str, Any]:
+        """Every option of the method, defaults included: what the run really used."""
+        return {**loss_spec(self.method).defaults(), **self.loss_options()}

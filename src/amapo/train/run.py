@@ -1,0 +1,207 @@
+"""``amapo train`` end to end: load, tokenize, train, evaluate, save. One function, read top to bottom."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from amapo.builtin import resolve_source
+from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
+from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, LossStateCallback
+from amapo.train.config import TrainConfig
+from amapo.train.report import print_summary, write_model_card, write_resolved_config
+from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    train_metrics: dict[str, float]
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+
+
+def load_tokenizer(path: str, config: TrainConfig):
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:  # common for base models; padding is masked out everywhere
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.chat_template:
+        template = Path(config.chat_template)
+        is_file = template.suffix == ".jinja" and template.exists()
+        tokenizer.chat_template = template.read_text() if is_file else config.chat_template
+    return tokenizer
+
+
+def load_model(path: str, config: TrainConfig):
+    dtype = config.torch_dtype if config.torch_dtype == "auto" else getattr(torch, config.torch_dtype)
+    kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def apply_lora(model, config: TrainConfig):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("use_peft needs PEFT: pip install 'amapo[peft]'") from None
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed frozen embeddings would otherwise cut the graph
+    targets = config.lora_target_modules
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets[0] if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def prepare_split(source: str, split: str, tokenizer, config: TrainConfig, needs_offsets: bool):
+    """Load one split in the standard form, tokenize it, and add the length column used to group batches."""
+    dataset = load_preference_dataset(
+        resolve_source(source),
+        split=split,
+        dataset_config=config.dataset_config,
+        column_mapping=config.column_mapping_dict(),
+    )
+    if needs_offsets:
+        if config.offset_column not in dataset.column_names:
+            raise ValueError(
+                f"method {config.method!r} needs a per-pair offset column {config.offset_column!r} in {source}; "
+                f"columns: {', '.join(dataset.column_names)} (set --offset_column)"
+            )
+        if config.offset_column != "offset":
+            dataset = dataset.rename_column(config.offset_column, "offset")
+    with config.main_process_first(desc=f"tokenizing {source}"):
+        dataset = tokenize_dataset(
+            dataset,
+            tokenizer,
+            max_length=config.max_length,
+            max_prompt_length=config.max_prompt_length,
+            truncation_mode=config.truncation_mode,
+            chat_template=config.chat_template and tokenizer.chat_template,
+            num_proc=config.dataset_num_proc,
+        )
+    return dataset.map(
+        lambda row: {
+            "length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
+        }
+    )
+
+
+def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool) -> dict:
+    sets = {}
+    if config.eval_split:
+        sets["eval"] = prepare_split(config.dataset, config.eval_split, tokenizer, config, needs_offsets)
+    for entry in config.eval_datasets:
+        name, _, source = entry.partition("=")
+        source, _, split = source.partition("@")
+        sets[name] = prepare_split(source, split or "train", tokenizer, config, needs_offsets)
+    return sets
+
+
+@torch.no_grad()
+def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, device):
+    """Reference log-probs of every pair, computed once; the reference model can then be freed."""
+    ref_model.to(device).eval()
+    chosen, rejected = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logps, _ = PreferenceTrainer.concatenated_logps(ref_model, batch)
+        n = logps.shape[0] // 2
+        chosen.extend(logps[:n].tolist())
+        rejected.extend(logps[n:].tolist())
+    return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    value = config.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    if value in ("true", "True", "last"):
+        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"resume_from_checkpoint={value}: no checkpoint-* folder in {config.output_dir}")
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint folder {value}")
+    return value
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    checkpoint = resume_checkpoint(config)
+    loss_fn = config.build_loss()
+    model_path = resolve_source(config.model_name_or_path)
+
+    tokenizer = load_tokenizer(model_path, config)
+    train_dataset = prepare_split(config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets)
+    eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets)
+
+    model = load_model(model_path, config)
+    if config.use_peft:
+        model = apply_lora(model, config)
+
+    extra_columns = ["offset"] if loss_fn.needs_offsets else []
+    has_ref_columns = all(c in train_dataset.column_names for c in REF_COLUMNS)
+    ref_model = None
+    if loss_fn.needs_reference and not has_ref_columns and not config.use_peft:
+        ref_model = load_model(resolve_source(config.ref_model_name_or_path or model_path), config)
+        ref_model.requires_grad_(False).eval()
+    if ref_model is not None and config.precompute_ref_logps:
+        collator = PreferenceCollator(tokenizer.pad_token_id)
+        compute = lambda ds: precompute_reference_logps(  # noqa: E731
+            ref_model, ds, collator, config.per_device_eval_batch_size, config.device
+        )
+        train_dataset = compute(train_dataset)
+        eval_datasets = {name: compute(ds) for name, ds in eval_datasets.items()}
+        ref_model, has_ref_columns = None, True
+    if loss_fn.needs_reference and has_ref_columns:
+        extra_columns += list(REF_COLUMNS)
+
+    trainer = PreferenceTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets or None,
+        data_collator=PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns),
+        processing_class=tokenizer,
+        loss_fn=loss_fn,
+        ref_model=ref_model,
+    )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(LiveProgressCallback())
+    trainer.add_callback(JsonlMetricsCallback(output_dir / METRICS_FILE))
+    loss_state = LossStateCallback(trainer.loss_fn)
+    trainer.add_callback(loss_state)
+    loss_state.restore(checkpoint)
+
+    eval_before = trainer.evaluate() if eval_datasets else {}
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    eval_after = trainer.evaluate() if eval_datasets else {}
+
+    result = TrainResult(output_dir, dict(train_output.metrics), eval_before, eval_after)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        write_resolved_config(config, output_dir)
+        summary = {"train": result.train_metrics, "eval_before": eval_before, "eval_after": eval_after}
+        (output_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
+        write_model_card(config, result, output_dir)
+        print_summary(config, result)
+    return result

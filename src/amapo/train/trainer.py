@@ -1,0 +1,142 @@
+"""The preference training step, on transformers' Trainer (accelerate, DeepSpeed, FSDP, checkpoints, trackers).
+
+One step, for every method: one forward pass over chosen and rejected together, response log-probs, the
+reference log-probs if the loss asks for them, then the loss from ``amapo.losses``. The loss tells the step
+what it needs (``needs_reference``, ``needs_offsets``); the step never asks which method it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
+from amapo.train.logps import response_logps
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+class MetricStore:
+    """Pair-weighted running means of per-batch metrics, reduced across processes when read."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = defaultdict(float)
+        self._weights: dict[str, float] = defaultdict(float)
+
+    def add(self, metrics: dict[str, float], weight: int) -> None:
+        for key, value in metrics.items():
+            self._sums[key] += value * weight
+            self._weights[key] += weight
+
+    def drain(self, accelerator) -> dict[str, float]:
+        """Means since the last drain (over all processes), then forget them."""
+        keys = sorted(self._sums)
+        if not keys:
+            return {}
+        totals = torch.tensor([[self._sums[k], self._weights[k]] for k in keys], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            totals = accelerator.reduce(totals, reduction="sum")
+        self._sums.clear()
+        self._weights.clear()
+        return {k: (s / w).item() for k, (s, w) in zip(keys, totals, strict=True) if w > 0}
+
+
+class PreferenceTrainer(Trainer):
+    """transformers.Trainer with the preference step as its loss.
+
+    Gradient accumulation: ``compute_loss`` returns the mean over this micro-batch's pairs, and the Trainer
+    divides it by the accumulation steps (``loss_is_scaled_for_ga = False``), so k micro-batches of n pairs give
+    the gradient of one batch of k*n pairs (tested), not k times it (transformers #35651, TRL #2615).
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, loss_fn: PreferenceLoss, ref_model: torch.nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.loss_fn = loss_fn.to(self.args.device)
+        self.ref_model = None
+        if ref_model is not None:
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self._metrics = {"train": MetricStore(), "eval": MetricStore()}
+
+    # --- the step ---------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out, metrics = self.preference_step(model, inputs)
+        mode = "train" if model.training else "eval"
+        self._metrics[mode].add(metrics, weight=out.losses.shape[0])
+        return (out.loss, out) if return_outputs else out.loss
+
+    def preference_step(self, model, inputs: dict[str, torch.Tensor]) -> tuple[LossOutput, dict[str, float]]:
+        logps, lengths = self.concatenated_logps(model, inputs)
+        n = logps.shape[0] // 2  # rows [0, n) are prompt + chosen, [n, 2n) prompt + rejected
+        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        self.loss_fn.train(model.training)  # running statistics (alpha-DPO) advance only in training
+        out = self.loss_fn(
+            PreferenceInputs(
+                chosen_logps=logps[:n],
+                rejected_logps=logps[n:],
+                chosen_lengths=lengths[:n],
+                rejected_lengths=lengths[n:],
+                ref_chosen_logps=ref_chosen,
+                ref_rejected_logps=ref_rejected,
+                offsets=inputs.get("offset") if self.loss_fn.needs_offsets else None,
+            )
+        )
+        metrics = out.metrics()
+        detached = logps.detach()
+        metrics.update(
+            {
+                "logps/chosen": detached[:n].mean().item(),
+                "logps/rejected": detached[n:].mean().item(),
+                "length/chosen": lengths[:n].mean().item(),
+                "length/rejected": lengths[n:].mean().item(),
+            }
+        )
+        return out, metrics
+
+    @staticmethod
+    def concatenated_logps(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass over the [2B, T] batch of prompt+chosen and prompt+rejected rows."""
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+        return response_logps(logits, inputs["input_ids"], inputs["response_mask"])
+
+    def reference_logps(self, model, inputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Precomputed columns if the batch has them, else the frozen reference (or the adapter-free policy)."""
+        if not self.loss_fn.needs_reference:
+            return None, None
+        if all(c in inputs for c in REF_COLUMNS):
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        with torch.no_grad():
+            if self.ref_model is not None:
+                logps, _ = self.concatenated_logps(self.ref_model, inputs)
+            else:  # LoRA: the reference is the base model, i.e. the policy with its adapters switched off
+                unwrapped = self.accelerator.unwrap_model(model)
+                with unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else contextlib.nullcontext():
+                    logps, _ = self.concatenated_logps(model, inputs)
+        n = logps.shape[0] // 2
+        return logps[:n], logps[n:]
+
+    # --- evaluation and logging -------------------------------------------------------------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        for key, value in self._metrics["eval"].drain(self.accelerator).items():
+            output.metrics.setdefault(f"{metric_key_prefix}_{key}", value)
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the step's preference metrics under TRL's names
+            drained = self._metrics["train"].drain(self.accelerator)
+            logs.update({k: v for k, v in drained.items() if k not in logs})  # keep the Trainer's GA-aware loss
+        super().log(logs, start_time)
