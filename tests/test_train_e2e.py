@@ -255,3 +255,34 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path):
     assert moved > 1e-4  # the step did something
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_reference_free_methods_never_load_a_reference_model(tmp_path, monkeypatch):
+    import amapo.train.run as run
+
+    loaded = []
+    original = run.load_model
+    monkeypatch.setattr(run, "load_model", lambda path, config: loaded.append(path) or original(path, config))
+    train(tmp_path / "simpo", "--method", "simpo", *SHORT)
+    assert len(loaded) == 1  # the policy only
+    train(tmp_path / "dpo", "--method", "dpo", *SHORT)
+    assert len(loaded) == 3  # policy + frozen reference
+
+
+def test_precomputed_reference_logps_give_the_same_training(tmp_path):
+    live = train(tmp_path / "live", "--method", "dpo", "--learning_rate", "1e-2", *SHORT)
+    pre = train(
+        tmp_path / "pre", "--method", "dpo", "--learning_rate", "1e-2", "--precompute_ref_logps", "true", *SHORT
+    )
+    a, b = final_weights(live.output_dir), final_weights(pre.output_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_tensorboard_logging_and_activation_checkpointing(tmp_path):
+    result = train(
+        tmp_path, "--report_to", "tensorboard", "--activation_checkpointing", "true", "--logging_steps", "1", *SHORT
+    )
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    assert torch.isfinite(torch.tensor(result.train_metrics["train_loss"]))

@@ -132,9 +132,6 @@ class TrainConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns (the collator needs them)."}
     )
-    report_to: str | list[str] | None = field(
-        default="none", metadata={"help": "Trackers: none, tensorboard, wandb, trackio, all."}
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

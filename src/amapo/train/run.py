@@ -57,7 +57,7 @@ def apply_lora(model, config: TrainConfig):
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ImportError("use_peft needs PEFT: pip install 'amapo[peft]'") from None
-    if config.gradient_checkpointing:
+    if config.activation_checkpointing:
         model.enable_input_require_grads()  # checkpointed frozen embeddings would otherwise cut the graph
     targets = config.lora_target_modules
     lora = LoraConfig(
