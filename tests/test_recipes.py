@@ -6,9 +6,9 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 
-from amapo.cli import load_recipe, parse_train_args
 from amapo.losses import loss_spec
 from amapo.recipes import ACCELERATE_DIR, available_recipes
+from amapo.train.parsing import load_recipe, parse_train_args
 
 PAPER_SETTINGS = {"llama3-8b-base", "llama3-8b-instruct", "mistral-7b-base", "mistral-7b-instruct"}
 

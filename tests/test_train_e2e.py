@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from amapo.builtin import resolve_source
-from amapo.cli import main, parse_train_args
+from amapo.cli import main
 from amapo.losses import available_losses
+from amapo.train.parsing import parse_train_args
 from amapo.train.run import run_training
 
 

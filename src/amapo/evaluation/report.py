@@ -1,0 +1,304 @@
+"""The comparison report: Markdown tables shaped like the paper's, figures, and a plain statement of where the
+small-scale result agrees with the paper and where it does not. Every number comes from the runs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights, plot_sweep
+
+if TYPE_CHECKING:
+    from amapo.evaluation.compare import CompareConfig, RunResult
+
+SETS = ("in_distribution", "prompt_ood", "response_ood", "mutual_ood")
+REPORT_FILE = "report.md"
+
+
+def tag_of(run: RunResult) -> str:
+    return run.method if run.beta is None else f"{run.method}-beta{run.beta:g}"
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, spread = mean_spread(values)
+    return f"{mean:.3f} ± {spread:.3f}"
+
+
+def by_tag(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for run in results:
+        groups[tag_of(run)].append(run)
+    return dict(groups)
+
+
+def column(runs: list[RunResult], section: str, key: str) -> list[float]:
+    return [getattr(r, section)[key] for r in runs if key in getattr(r, section)]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement of the paper, checked on this run: method ``a`` beats ``b`` on a metric."""
+
+    text: str
+    a: str
+    b: str
+    section: str
+    key: str
+    higher_is_better: bool = True
+
+    def verdict(self, groups: dict[str, list[RunResult]]) -> str | None:
+        if self.a not in groups or self.b not in groups:
+            return None
+        va, vb = column(groups[self.a], self.section, self.key), column(groups[self.b], self.section, self.key)
+        if not va or not vb:
+            return None
+        (ma, sa), (mb, sb) = mean_spread(va), mean_spread(vb)
+        diff = (ma - mb) if self.higher_is_better else (mb - ma)
+        noise = max(sa, sb)
+        if diff > noise:
+            word = "agrees"
+        elif diff > 0:
+            word = "agrees, within the seed spread"
+        elif diff < -noise:
+            word = "disagrees"
+        else:
+            word = "disagrees, within the seed spread"
+        return f"{self.text}: {word} ({self.a} {ma:.3f} ± {sa:.3f} vs {self.b} {mb:.3f} ± {sb:.3f})."
+
+
+def paper_claims() -> list[Claim]:
+    claims = [
+        Claim(
+            "AMaPO ranks held-out pairs better than SimPO (in distribution)",
+            "amapo",
+            "simpo",
+            "accuracy",
+            "in_distribution",
+        ),
+        Claim(
+            "AMaPO ranks held-out pairs better than DPO (in distribution)",
+            "amapo",
+            "dpo",
+            "accuracy",
+            "in_distribution",
+        ),
+        Claim(
+            "AMaPO generalizes better than SimPO to new responses (response-OOD)",
+            "amapo",
+            "simpo",
+            "accuracy",
+            "response_ood",
+        ),
+        Claim("AMaPO generalizes better than SimPO under mutual OOD", "amapo", "simpo", "accuracy", "mutual_ood"),
+        Claim(
+            "AMaPO spends less gradient on pairs already ranked right than SimPO (less overfitting)",
+            "amapo",
+            "simpo",
+            "gradient",
+            "gradient/overfitting",
+            higher_is_better=False,
+        ),
+        Claim(
+            "AMaPO spends less gradient on pairs already ranked right than DPO (less overfitting)",
+            "amapo",
+            "dpo",
+            "gradient",
+            "gradient/overfitting",
+            higher_is_better=False,
+        ),
+        Claim(
+            "AMaPO corrects pairs ranked wrong more strongly than SimPO (less underfitting)",
+            "amapo",
+            "simpo",
+            "gradient",
+            "gradient/underfitting",
+            higher_is_better=False,
+        ),
+        Claim(
+            "AMaPO corrects pairs ranked wrong more strongly than DPO (less underfitting)",
+            "amapo",
+            "dpo",
+            "gradient",
+            "gradient/underfitting",
+            higher_is_better=False,
+        ),
+        Claim(
+            "AMaPO's answers are shorter than SimPO's",
+            "amapo",
+            "simpo",
+            "generation",
+            "in_distribution/length",
+            higher_is_better=False,
+        ),
+        Claim(
+            "AMaPO's answers have a higher true reward than SimPO's",
+            "amapo",
+            "simpo",
+            "generation",
+            "in_distribution/true_reward",
+        ),
+    ]
+    for ablation, what in (
+        ("amapo-no-znorm", "Z-normalization"),
+        ("amapo-no-exp", "exponential scaling"),
+        ("amapo-no-adaptive", "the adaptive margin (Z-norm and exp)"),
+        ("amapo-no-zero-margin", "the zero margin for pairs ranked right"),
+    ):
+        claims.append(
+            Claim(
+                f"Removing {what} lowers ranking accuracy (in distribution)",
+                "amapo",
+                ablation,
+                "accuracy",
+                "in_distribution",
+            )
+        )
+    return claims
+
+
+def accuracy_table(groups: dict[str, list[RunResult]], sets: list[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    base = next((runs for tag, runs in groups.items() if tag.startswith(("amapo", "simpo"))), None)
+    if base:  # the initial policy ranked by mean log-prob (the reward of SimPO / AMaPO), before any training
+        lines.append(
+            "| base model (mean log-prob) | " + " | ".join(fmt(column(base, "accuracy_before", s)) for s in sets) + " |"
+        )
+    for tag, runs in groups.items():
+        lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "accuracy", s)) for s in sets) + " |")
+    return lines
+
+
+def gradient_table(groups: dict[str, list[RunResult]]) -> list[str]:
+    keys = ["grad_weight/correct", "grad_weight/incorrect", "gradient/overfitting", "gradient/underfitting"]
+    lines = [
+        "| method | weight on pairs ranked right | weight on pairs ranked wrong | overfitting | underfitting |",
+        "|---|---|---|---|---|",
+    ]
+    for tag, runs in groups.items():
+        lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "gradient", k)) for k in keys) + " |")
+    return lines
+
+
+def generation_table(groups: dict[str, list[RunResult]], keys: list[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for tag, runs in groups.items():
+        lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "generation", k)) for k in keys) + " |")
+    return lines
+
+
+def curves_by_tag(groups: dict[str, list[RunResult]], eval_set: str):
+    curves = {}
+    for tag, runs in groups.items():
+        series = [np.asarray(r.curve[eval_set]) for r in runs if eval_set in r.curve]
+        if not series:
+            continue
+        length = min(len(s) for s in series)
+        stacked = np.stack([s[:length] for s in series])  # [seeds, points, (step, accuracy)]
+        spread = stacked[:, :, 1].std(axis=0, ddof=1) if len(series) > 1 else np.zeros(length)
+        curves[tag] = (stacked[0, :, 0], stacked[:, :, 1].mean(axis=0), spread)
+    return curves
+
+
+def sweep_section(config: CompareConfig, results: list[RunResult], output_dir: Path, sets: list[str]) -> list[str]:
+    lines = ["## Beta sweep", ""]
+    betas = sorted(config.beta_sweep)
+    for method in config.methods:
+        runs = [r for r in results if r.method == method]
+        lines += [f"### {method}", "", "| beta | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+        means, spreads = defaultdict(list), defaultdict(list)
+        for beta in betas:
+            at_beta = [r for r in runs if r.beta == beta]
+            lines.append(f"| {beta:g} | " + " | ".join(fmt(column(at_beta, "accuracy", s)) for s in sets) + " |")
+            for s in sets:
+                m, sd = mean_spread(column(at_beta, "accuracy", s))
+                means[s].append(m)
+                spreads[s].append(sd)
+        plot_sweep(betas, means, spreads, output_dir / f"beta_sweep_{method}.png")
+        lines += ["", f"![beta sweep](beta_sweep_{method}.png)", ""]
+        for s in sets:
+            lines.append(f"- {s}: {inverted_u_verdict(betas, means[s], spreads[s])}")
+        lines.append("")
+    return lines
+
+
+def inverted_u_verdict(betas: list[float], means: list[float], spreads: list[float]) -> str:
+    """The paper's claim: accuracy peaks at an interior beta, lower at both ends (by more than the spread)."""
+    if len(betas) < 3:
+        return "needs at least 3 betas to test the inverted-U claim"
+    peak = int(np.argmax(means))
+    where = f"peak at beta {betas[peak]:g} ({means[peak]:.3f})"
+    if peak in (0, len(betas) - 1):
+        return f"no inverted U: {where}, at the end of the range"
+    noise = spreads[peak]
+    clear = means[peak] - means[0] > noise and means[peak] - means[-1] > noise
+    tail = "both ends lower by more than the seed spread" if clear else "an end is within the seed spread"
+    return f"inverted U {'present' if clear else 'suggested'}: {where}, {tail}"
+
+
+def write_report(config: CompareConfig, results: list[RunResult], points, output_dir: Path) -> Path:
+    groups = by_tag(results)
+    sets = [s for s in SETS if any(s in r.accuracy for r in results)] or sorted(
+        {k for r in results for k in r.accuracy}
+    )
+    seeds = ", ".join(map(str, config.seeds))
+    budget = f"{config.max_steps} steps" if config.max_steps > 0 else f"the recipe's budget ({config.recipe})"
+    lines = [
+        "# amapo compare",
+        "",
+        f"Recipe `{config.recipe}`, methods {', '.join(config.methods)}, seeds {seeds}, {budget} per run; every "
+        "method with its own paper defaults for its loss options"
+        + (" except beta (swept)" if config.beta_sweep else "")
+        + ". Values are mean ± sample standard deviation over seeds. All numbers come from `runs.json`.",
+        "",
+        "## Ranking accuracy (implicit reward of each method, held-out pairs)",
+        "",
+        *accuracy_table(groups, sets),
+        "",
+        f"## Gradient dynamics (on `{config.analysis_set}`, each method's own loss, final model)",
+        "",
+        "Per-pair weight |dL/dr|; overfitting = share of gradient on pairs ranked right, underfitting = mean "
+        "(1 - weight) on pairs ranked wrong. Lower is better for both.",
+        "",
+        *gradient_table(groups),
+        "",
+    ]
+    generation_keys = sorted({k for r in results for k in r.generation})
+    if generation_keys:
+        lines += [
+            "## Generation (greedy answers to held-out prompts)",
+            "",
+            *generation_table(groups, generation_keys),
+            "",
+        ]
+    if config.beta_sweep:
+        lines += sweep_section(config, results, output_dir, sets)
+    else:
+        verdicts = [v for claim in paper_claims() if (v := claim.verdict(groups))]
+        lines += ["## Against the paper", ""]
+        lines += [f"- {v}" for v in verdicts] or ["- (none of the paper's pairwise claims involve these methods)"]
+        lines.append("")
+    figures = []
+    curves = curves_by_tag(groups, sets[0]) if sets else {}
+    if curves:
+        plot_accuracy_curves(curves, output_dir / "accuracy_over_steps.png", f"ranking accuracy on {sets[0]}")
+        figures.append("![ranking accuracy over training steps](accuracy_over_steps.png)")
+    if points:
+        plot_gradient_weights(points, output_dir / "gradient_weights.png")
+        figures.append("![gradient weight against score](gradient_weights.png)")
+    if figures:
+        lines += ["## Figures", "", *figures, ""]
+    path = output_dir / REPORT_FILE
+    path.write_text("\n".join(lines))
+    return path

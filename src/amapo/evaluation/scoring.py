@@ -1,0 +1,149 @@
+"""Score a model on preference pairs: ranking accuracy, reward margins and gradient weights, per method.
+
+Log-probs are computed once (``compute_pair_logps``); any number of methods then read them
+(``score_with_loss``), so the paper's static gradient analysis compares methods on the very same scores.
+
+Gradient indicators (AMaPO paper, Sec. 3 "overfitting-underfitting dilemma"), from per-pair weights
+w_i = |dL_i/dr_i| and the set C of pairs ranked right (r_i > 0):
+
+    overfitting  = sum_{i in C} w_i / sum_i w_i        share of the gradient spent on pairs already ranked right
+    underfitting = mean_{i not in C} (1 - w_i)          weight missing on pairs ranked wrong, against the full
+                                                        weight 1 that the sigmoid link gives a badly ranked pair
+
+Lower is better for both. The reference weight 1 is the sigmoid link's supremum; for IPO's square link,
+whose weight is unbounded, the underfitting value can be negative and is not comparable across links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from amapo.data import PreferenceCollator
+from amapo.losses import PreferenceInputs, PreferenceLoss
+from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer
+
+
+@dataclass
+class PairLogps:
+    """Per-pair summed response log-probs (and token counts) of a policy, and of its reference if any."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_lengths: torch.Tensor
+    rejected_lengths: torch.Tensor
+    ref_chosen_logps: torch.Tensor | None = None
+    ref_rejected_logps: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.chosen_logps.shape[0]
+
+    def slice(self, start: int, stop: int) -> PreferenceInputs:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PreferenceInputs(**{k: None if v is None else v[start:stop] for k, v in values.items()})
+
+
+@torch.no_grad()
+def compute_pair_logps(
+    model, dataset, *, pad_token_id: int, batch_size: int = 32, ref_model=None, device=None
+) -> PairLogps:
+    """Log-probs of every pair of a tokenized dataset (``amapo.data.tokenize_dataset``), in dataset order.
+
+    Reference log-probs come from the dataset's ``ref_*`` columns when present, else from ``ref_model``.
+    """
+    device = device or next(model.parameters()).device
+    model.eval()
+    has_offsets = "offset" in dataset.column_names
+    has_ref_columns = all(c in dataset.column_names for c in REF_COLUMNS)
+    extra = (["offset"] if has_offsets else []) + (list(REF_COLUMNS) if has_ref_columns else [])
+    collator = PreferenceCollator(pad_token_id, extra_columns=extra)
+    parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(PairLogps)}
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logps, lengths = PreferenceTrainer.concatenated_logps(model, batch)
+        n = logps.shape[0] // 2
+        parts["chosen_logps"].append(logps[:n].cpu())
+        parts["rejected_logps"].append(logps[n:].cpu())
+        parts["chosen_lengths"].append(lengths[:n].cpu())
+        parts["rejected_lengths"].append(lengths[n:].cpu())
+        if has_ref_columns:
+            parts["ref_chosen_logps"].append(batch["ref_chosen_logps"].cpu())
+            parts["ref_rejected_logps"].append(batch["ref_rejected_logps"].cpu())
+        elif ref_model is not None:
+            ref_logps, _ = PreferenceTrainer.concatenated_logps(ref_model.eval(), batch)
+            parts["ref_chosen_logps"].append(ref_logps[:n].cpu())
+            parts["ref_rejected_logps"].append(ref_logps[n:].cpu())
+        if has_offsets:
+            parts["offsets"].append(batch["offset"].cpu())
+    return PairLogps(**{k: torch.cat(v) if v else None for k, v in parts.items()})
+
+
+@dataclass
+class PairScores:
+    """Per-pair results of one method on one set of pairs (numpy arrays, dataset order)."""
+
+    scores: np.ndarray
+    chosen_rewards: np.ndarray
+    rejected_rewards: np.ndarray
+    margins: np.ndarray
+    grad_weights: np.ndarray
+    ranked_correctly: np.ndarray
+
+    def accuracy(self) -> float:
+        return float(self.ranked_correctly.mean())
+
+    def margin_distribution(self) -> dict[str, float]:
+        """Distribution of the reward margins r = h_w - h_l (mean, std and quantiles)."""
+        q = np.quantile(self.scores, [0.05, 0.25, 0.5, 0.75, 0.95])
+        return {
+            "reward_margin/mean": float(self.scores.mean()),
+            "reward_margin/std": float(self.scores.std()),
+            **{
+                f"reward_margin/q{int(p * 100):02d}": float(v)
+                for p, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), q, strict=True)
+            },
+        }
+
+    def gradient_indicators(self) -> dict[str, float]:
+        """Overfitting and underfitting indicators (module docstring) and the mean weight of each group."""
+        right, wrong, w = self.ranked_correctly, ~self.ranked_correctly, self.grad_weights
+        total = w.sum()
+        out = {
+            "gradient/overfitting": float(w[right].sum() / total) if total > 0 else 0.0,
+            "gradient/underfitting": float((1.0 - w[wrong]).mean()) if wrong.any() else 0.0,
+        }
+        if right.any():
+            out["grad_weight/correct"] = float(w[right].mean())
+        if wrong.any():
+            out["grad_weight/incorrect"] = float(w[wrong].mean())
+        return out
+
+    def summary(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy(), **self.margin_distribution(), **self.gradient_indicators()}
+
+
+@torch.no_grad()
+def score_with_loss(logps: PairLogps, loss_fn: PreferenceLoss, batch_size: int = 32) -> PairScores:
+    """Apply one method to precomputed log-probs, ``batch_size`` pairs at a time.
+
+    Adaptive margins (AMaPO) take their batch statistics over each batch of ``batch_size`` pairs, as in
+    training with that micro-batch size; fixed-margin methods do not depend on it.
+    """
+    loss_fn.eval()
+    outputs = [loss_fn(logps.slice(s, s + batch_size)) for s in range(0, len(logps), batch_size)]
+
+    def cat(name: str) -> np.ndarray:
+        return torch.cat([getattr(o, name) for o in outputs]).float().numpy()
+
+    return PairScores(
+        scores=cat("scores"),
+        chosen_rewards=cat("chosen_rewards"),
+        rejected_rewards=cat("rejected_rewards"),
+        margins=cat("margins"),
+        grad_weights=cat("grad_weights"),
+        ranked_correctly=torch.cat([o.ranked_correctly for o in outputs]).numpy(),
+    )

@@ -1,0 +1,221 @@
+"""amapo eval / analyze / compare: numbers checked on cases with a known answer, and the commands end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from amapo.builtin.tokenizer import build_byte_tokenizer
+from amapo.cli import main
+from amapo.data import tokenize_dataset
+from amapo.evaluation import compute_pair_logps, score_with_loss
+from amapo.evaluation.report import Claim, inverted_u_verdict
+from amapo.evaluation.run import true_reward_accuracy
+from amapo.losses import build_loss
+
+A_LOGIT = 5.0
+
+
+class FavoursLetterA(torch.nn.Module):
+    """A stand-in LM whose next-token distribution always puts logit 5 on byte 'a' and 0 elsewhere."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size) + self.anchor
+        logits[..., ord("a")] = A_LOGIT
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture
+def known_pairs():
+    """Three pairs with chosen 'aaa' over rejected 'bbb', and one the other way round: accuracy is 3/4."""
+    tokenizer = build_byte_tokenizer()
+    rows = [{"prompt": "say: ", "chosen": "aaa", "rejected": "bbb"}] * 3
+    rows.append({"prompt": "say: ", "chosen": "bbb", "rejected": "aaa"})
+    tokenized = tokenize_dataset(Dataset.from_list(rows), tokenizer, max_length=32, max_prompt_length=16)
+    model = FavoursLetterA(len(tokenizer))
+    return compute_pair_logps(model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=3)
+
+
+def test_ranking_accuracy_is_exactly_three_quarters(known_pairs):
+    scores = score_with_loss(known_pairs, build_loss("simpo", beta=2.0), batch_size=4)
+    assert scores.accuracy() == 0.75
+    # mean log-prob gap: responses are 3 letters + EOS; 'a' has logit 5, every other token 0, so
+    # r = beta * 3/4 * (log p_a - log p_other) = beta * 3/4 * 5 = 7.5 for beta = 2.
+    np.testing.assert_allclose(scores.scores, [7.5, 7.5, 7.5, -7.5], atol=1e-5)
+    assert scores.margin_distribution()["reward_margin/mean"] == pytest.approx(3.75, abs=1e-5)
+
+
+def test_gradient_indicators_by_hand(known_pairs):
+    scores = score_with_loss(known_pairs, build_loss("simpo", beta=2.0, gamma_beta_ratio=0.5), batch_size=4)
+    # SimPO: w = sigmoid(gamma - r), gamma = 1. Right pairs: sigmoid(-6.5); the wrong one: sigmoid(8.5).
+    right, wrong = 1 / (1 + math.exp(6.5)), 1 / (1 + math.exp(-8.5))
+    indicators = scores.gradient_indicators()
+    assert indicators["grad_weight/correct"] == pytest.approx(right, rel=1e-4)
+    assert indicators["gradient/overfitting"] == pytest.approx(3 * right / (3 * right + wrong), rel=1e-4)
+    assert indicators["gradient/underfitting"] == pytest.approx(1 - wrong, rel=1e-4)
+
+
+def test_amapo_takes_the_weight_off_pairs_ranked_right(known_pairs):
+    amapo = score_with_loss(known_pairs, build_loss("amapo", beta=2.0), batch_size=4).gradient_indicators()
+    simpo = score_with_loss(known_pairs, build_loss("simpo", beta=2.0), batch_size=4).gradient_indicators()
+    assert amapo["gradient/underfitting"] < simpo["gradient/underfitting"]
+
+
+def test_true_reward_accuracy_skips_ties_and_reads_the_true_order():
+    scores = SimpleNamespace(scores=np.array([1.0, -1.0, 2.0, 0.5]))
+    pairs = {"chosen_reward": [1.0, 1.0, 0.5, 0.2], "rejected_reward": [0.0, 0.0, 0.5, 0.9]}
+    # pair 0 right, pair 1 wrong, pair 2 a true tie (skipped), pair 3 truth says rejected is better: wrong
+    assert true_reward_accuracy(scores, pairs) == pytest.approx(1 / 3)
+
+
+def test_claim_verdicts_weigh_the_seed_spread():
+    run = lambda acc: SimpleNamespace(accuracy={"in_distribution": acc})  # noqa: E731
+    claim = Claim("A beats B", "a", "b", "accuracy", "in_distribution")
+    assert claim.verdict({"a": [run(0.9), run(0.92)], "b": [run(0.7), run(0.72)]}).startswith("A beats B: agrees (")
+    assert "disagrees (" in claim.verdict({"a": [run(0.5), run(0.52)], "b": [run(0.7), run(0.72)]})
+    assert "within the seed spread" in claim.verdict({"a": [run(0.71), run(0.8)], "b": [run(0.7), run(0.75)]})
+    assert claim.verdict({"a": [run(0.7)]}) is None  # B was not run
+
+
+def test_inverted_u_verdict():
+    assert inverted_u_verdict([1, 2, 3], [0.6, 0.8, 0.65], [0.01] * 3).startswith("inverted U present")
+    assert inverted_u_verdict([1, 2, 3], [0.6, 0.7, 0.8], [0.01] * 3).startswith("no inverted U")
+    assert "needs at least 3" in inverted_u_verdict([1, 2], [0.6, 0.7], [0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalmodel") / "out"
+    main(["train", "--config", "builtin", "--output_dir", str(out), "--max_steps", "4", "--eval_datasets", "none"])
+    return out
+
+
+def test_amapo_eval_end_to_end(trained_model, tmp_path):
+    out = tmp_path / "eval"
+    main(
+        [
+            "eval",
+            "--model_name_or_path",
+            str(trained_model),
+            "--output_dir",
+            str(out),
+            "--generate",
+            "true",
+            "--max_generations",
+            "8",
+            "--max_new_tokens",
+            "8",
+            "--datasets",
+            "id=builtin:reverse/in_distribution@train[:32]",
+            "ood=builtin:reverse/mutual_ood@train[:32]",
+        ]
+    )
+    results = json.loads((out / "eval_results.json").read_text())
+    assert set(results) == {"id", "ood"}
+    for metrics in results.values():
+        assert 0 <= metrics["accuracy"] <= 1 and metrics["pairs"] == 32
+        assert metrics["true_reward_accuracy"] == pytest.approx(metrics["accuracy"])  # chosen = higher reward
+        assert 0 <= metrics["generation/true_reward"] <= 1 and metrics["generation/length"] > 0
+    alpaca = json.loads((out / "alpacaeval_id.json").read_text())
+    assert len(alpaca) == 8 and set(alpaca[0]) == {"instruction", "output", "generator", "dataset"}
+    assert (out / "reward_margins.png").stat().st_size > 1000
+
+
+def test_amapo_analyze_end_to_end(trained_model, tmp_path):
+    out = tmp_path / "analysis"
+    main(
+        [
+            "analyze",
+            "--model_name_or_path",
+            str(trained_model),
+            "--dataset",
+            "builtin:reverse/in_distribution@train[:32]",
+            "--methods",
+            "dpo",
+            "simpo",
+            "amapo",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert set(analysis["methods"]) == {"dpo", "simpo", "amapo"}
+    for metrics in analysis["methods"].values():
+        assert 0 <= metrics["gradient/overfitting"] <= 1
+    assert (out / "gradient_weights.png").stat().st_size > 1000
+
+
+def test_amapo_compare_writes_the_report(tmp_path):
+    out = tmp_path / "report"
+    main(
+        [
+            "compare",
+            "--methods",
+            "simpo",
+            "amapo",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--max_steps",
+            "4",
+            "--eval_steps",
+            "2",
+            "--max_generations",
+            "4",
+            "--max_new_tokens",
+            "6",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    runs = json.loads((out / "runs.json").read_text())
+    assert len(runs) == 6 and {r["method"] for r in runs} == {"simpo", "amapo"}
+    report = (out / "report.md").read_text()
+    for heading in ("## Ranking accuracy", "## Gradient dynamics", "## Generation", "## Against the paper"):
+        assert heading in report
+    amapo_id = [r["accuracy"]["in_distribution"] for r in runs if r["method"] == "amapo"]
+    mean, spread = np.mean(amapo_id), np.std(amapo_id, ddof=1)
+    assert f"| amapo | {mean:.3f} ± {spread:.3f}" in report  # the table holds the runs' numbers
+    for figure in ("accuracy_over_steps.png", "gradient_weights.png"):
+        assert (out / figure).stat().st_size > 1000
+
+
+def test_amapo_compare_beta_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    main(
+        [
+            "compare",
+            "--methods",
+            "amapo",
+            "--seeds",
+            "1",
+            "--beta_sweep",
+            "0.5",
+            "2",
+            "8",
+            "--max_steps",
+            "3",
+            "--eval_steps",
+            "3",
+            "--generate",
+            "false",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    report = (out / "report.md").read_text()
+    assert "## Beta sweep" in report and "| 0.5 |" in report and "| 8 |" in report
+    assert "inverted U" in report
+    assert (out / "beta_sweep_amapo.png").exists()
