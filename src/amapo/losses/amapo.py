@@ -91,8 +91,11 @@ class AMaPOLoss(PreferenceLoss):
         self.exp_scaling = bool(exp_scaling)
         self.zero_margin = bool(zero_margin)
 
+    def batch_statistic(self, scores: torch.Tensor, inputs: PreferenceInputs) -> torch.Tensor:
+        return scores.detach()  # mu_r, sigma_r are statistics of r itself
+
     def target_margin(self, scores: torch.Tensor, inputs: PreferenceInputs) -> Margin:
-        stats = batch_stats(scores, self.gather)
+        stats = batch_stats(self.batch_statistic(scores, inputs), self.gather)
         difficulty = standardized_gap(scores, stats) if self.znorm else stats.mean - scores
         gamma = (difficulty * stats.mean).clamp(min=0)
         if self.exp_scaling:
@@ -101,7 +104,7 @@ class AMaPOLoss(PreferenceLoss):
             margin = self.beta * gamma
         if self.zero_margin:
             margin = torch.where(gamma > 0, margin, torch.zeros_like(margin))
-        return Margin(values=margin, mean=stats.mean, std=stats.std)
+        return Margin(values=margin, mean=stats.mean, std=stats.std, count=stats.count)
 
     def extra_repr(self) -> str:
         flags = f"znorm={self.znorm}, exp_scaling={self.exp_scaling}, zero_margin={self.zero_margin}"
@@ -129,13 +132,17 @@ class AMaPOReleasedLoss(PreferenceLoss):
     ) -> None:
         super().__init__(beta, label_smoothing, nll_weight, gather)
 
-    def target_margin(self, scores: torch.Tensor, inputs: PreferenceInputs) -> Margin:
+    def batch_statistic(self, scores: torch.Tensor, inputs: PreferenceInputs) -> torch.Tensor:
+        """d = mean log pi(y_w) - mean log pi(y_l), recomputed from the inputs as the release does (no beta)."""
         d = mean_logps(inputs.chosen_logps, inputs.chosen_lengths) - mean_logps(
             inputs.rejected_logps, inputs.rejected_lengths
         )
-        d = d.detach()
+        return d.detach()
+
+    def target_margin(self, scores: torch.Tensor, inputs: PreferenceInputs) -> Margin:
+        d = self.batch_statistic(scores, inputs)
         stats = batch_stats(d, self.gather)
         exponent = standardized_gap(d, stats) * stats.mean
         margin = capped_exp_margin(self.beta, exponent, scores)
         margin = torch.where(d < stats.mean, margin, torch.zeros_like(margin))
-        return Margin(values=margin, mean=self.beta * stats.mean, std=self.beta * stats.std)
+        return Margin(values=margin, mean=self.beta * stats.mean, std=self.beta * stats.std, count=stats.count)

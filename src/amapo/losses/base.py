@@ -76,6 +76,13 @@ class PreferenceInputs:
         if (self.ref_chosen_logps is None) != (self.ref_rejected_logps is None):
             raise ValueError("PreferenceInputs: give both ref_chosen_logps and ref_rejected_logps, or neither")
 
+    def at_least_fp32(self) -> PreferenceInputs:
+        """A copy with fp16/bf16 log-probs upcast to fp32 (fp32 and fp64 kept), where losses compute."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "offsets"):
+            values[name] = _at_least_fp32(values[name])
+        return PreferenceInputs(**values)
+
     @property
     def batch_size(self) -> int:
         return self.chosen_logps.shape[0]
@@ -92,6 +99,7 @@ class Margin:
     values: torch.Tensor
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class LossOutput:
             gradient-dynamics analysis (per pair, before the 1/batch of the mean).
         ranked_correctly: r > 0, the chosen response has the higher implicit reward.
         batch_mean / batch_std: the statistics adaptive margins were taken from (None for fixed margins).
+        batch_count: how many pairs those statistics pooled (the micro-batch, all ranks, or the whole step).
     """
 
     loss: torch.Tensor
@@ -120,6 +129,7 @@ class LossOutput:
     ranked_correctly: torch.Tensor
     batch_mean: torch.Tensor | None = None
     batch_std: torch.Tensor | None = None
+    batch_count: int | None = None
 
     def metrics(self) -> dict[str, float]:
         """Batch means under TRL's metric names, plus amapo's margin and gradient-weight metrics."""
@@ -139,6 +149,8 @@ class LossOutput:
         if self.batch_mean is not None:
             out["batch/mu"] = self.batch_mean.item()
             out["batch/sigma"] = self.batch_std.item()
+        if self.batch_count is not None:
+            out["batch/pairs"] = float(self.batch_count)
         return out
 
 
@@ -211,6 +223,20 @@ class PreferenceLoss(nn.Module):
         """gamma for each pair, given the detached scores r. Default: no margin."""
         return Margin(values=torch.zeros_like(scores))
 
+    def batch_statistic(self, scores: torch.Tensor, inputs: PreferenceInputs) -> torch.Tensor | None:
+        """The per-pair values whose batch mean and std set an adaptive margin; None if the margin has none.
+
+        ``gather`` receives exactly these values, so a training loop that defines "the batch" itself (all
+        ranks, or the whole optimizer step) can compute them for every pair of that batch and hand them back.
+        """
+        return None
+
+    def scores_of(self, inputs: PreferenceInputs) -> torch.Tensor:
+        """r = h_w - h_l for inputs already in fp32 (see ``forward``)."""
+        chosen = self.response_reward(inputs.chosen_logps, inputs.chosen_lengths, inputs.ref_chosen_logps)
+        rejected = self.response_reward(inputs.rejected_logps, inputs.rejected_lengths, inputs.ref_rejected_logps)
+        return chosen - rejected
+
     def link(self, z: torch.Tensor) -> torch.Tensor:
         """Per-pair loss of z = r - gamma: -(1 - eps) log sigmoid(z) - eps log sigmoid(-z)."""
         losses = -F.logsigmoid(z)
@@ -231,15 +257,7 @@ class PreferenceLoss(nn.Module):
 
     def forward(self, inputs: PreferenceInputs) -> LossOutput:
         self.check_inputs(inputs)
-        x = PreferenceInputs(
-            chosen_logps=_at_least_fp32(inputs.chosen_logps),
-            rejected_logps=_at_least_fp32(inputs.rejected_logps),
-            chosen_lengths=inputs.chosen_lengths,
-            rejected_lengths=inputs.rejected_lengths,
-            ref_chosen_logps=_at_least_fp32(inputs.ref_chosen_logps),
-            ref_rejected_logps=_at_least_fp32(inputs.ref_rejected_logps),
-            offsets=_at_least_fp32(inputs.offsets),
-        )
+        x = inputs.at_least_fp32()
         chosen_rewards = self.response_reward(x.chosen_logps, x.chosen_lengths, x.ref_chosen_logps)
         rejected_rewards = self.response_reward(x.rejected_logps, x.rejected_lengths, x.ref_rejected_logps)
         scores = chosen_rewards - rejected_rewards
@@ -262,6 +280,7 @@ class PreferenceLoss(nn.Module):
             ranked_correctly=detached_scores > 0,
             batch_mean=margin.mean,
             batch_std=margin.std,
+            batch_count=margin.count,
         )
 
     def link_slope(self, z: torch.Tensor) -> torch.Tensor:

@@ -208,14 +208,18 @@ class AlphaDPOLoss(PreferenceLoss):
     ) -> torch.Tensor:
         return self.beta * mean_logps(logps, lengths)
 
-    def target_margin(self, scores: torch.Tensor, inputs: PreferenceInputs) -> Margin:
+    def batch_statistic(self, scores: torch.Tensor, inputs: PreferenceInputs) -> torch.Tensor:
+        """M: the policy's mean log-ratio minus the reference's."""
         policy_ratio = mean_logps(inputs.chosen_logps, inputs.chosen_lengths) - mean_logps(
             inputs.rejected_logps, inputs.rejected_lengths
         )
         ref_ratio = mean_logps(inputs.ref_chosen_logps, inputs.chosen_lengths) - mean_logps(
             inputs.ref_rejected_logps, inputs.rejected_lengths
         )
-        gap = (policy_ratio - ref_ratio).detach()
+        return (policy_ratio - ref_ratio).detach()
+
+    def target_margin(self, scores: torch.Tensor, inputs: PreferenceInputs) -> Margin:
+        gap = self.batch_statistic(scores, inputs)
         if self.training:
             stats = batch_stats(gap, self.gather)
             self.running_mean.mul_(self.momentum).add_((1 - self.momentum) * stats.mean.to(self.running_mean))

@@ -89,3 +89,23 @@ def all_gather_detached(group: dist.ProcessGroup | None = None) -> GatherFn:
         return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
 
     return gather
+
+
+class StepStatistics:
+    """A gather function for statistics over the whole optimizer step: every rank, every accumulation micro-batch.
+
+    The training loop computes the statistic of every pair of the step in a no-grad pass before the step
+    (``set``), with the weights the step starts from, and every micro-batch's loss then reads those values.
+    This costs one extra forward pass per step and makes k micro-batches of n pairs give the margins of one
+    batch of k*n pairs. Outside a step (evaluation) it returns the local values: the eval batch.
+    """
+
+    def __init__(self) -> None:
+        self.values: torch.Tensor | None = None
+        self.active = False
+
+    def set(self, values: torch.Tensor) -> None:
+        self.values = values.detach()
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return self.values if self.active and self.values is not None else values

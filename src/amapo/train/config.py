@@ -14,7 +14,6 @@ from transformers import TrainingArguments
 
 from amapo.losses import build_loss, loss_spec
 from amapo.losses.base import PreferenceLoss
-from amapo.losses.stats import all_gather_detached
 
 # Loss options exposed as top-level flags; None means "the method's own default" (see ``amapo.losses``).
 LOSS_OPTIONS = (
@@ -30,7 +29,7 @@ LOSS_OPTIONS = (
     "exp_scaling",
     "zero_margin",
 )
-MARGIN_STATS = ("micro_batch", "all_ranks")
+MARGIN_STATS = ("micro_batch", "all_ranks", "optimizer_step")
 
 
 @dataclass
@@ -115,7 +114,11 @@ class TrainConfig(TrainingArguments):
     zero_margin: bool | None = field(default=None, metadata={"help": "AMaPO: zero margin for pairs ranked right."})
     margin_stats: str = field(
         default="micro_batch",
-        metadata={"help": "Batch over which adaptive margins take mu/sigma: micro_batch (this device) or all_ranks."},
+        metadata={
+            "help": "Batch over which adaptive margins take mu/sigma: micro_batch (this device's), all_ranks (every "
+            "data-parallel rank's micro-batch, all-gathered) or optimizer_step (all ranks and all accumulation "
+            "micro-batches: one extra no-grad forward per step)."
+        },
     )
     # --- TrainingArguments defaults that differ for preference training ---------------------------------------
     output_dir: str | None = field(default="outputs/amapo", metadata={"help": "Where the model, metrics and card go."})
@@ -177,8 +180,8 @@ class TrainConfig(TrainingArguments):
         return chosen
 
     def build_loss(self) -> PreferenceLoss:
-        gather = all_gather_detached() if self.margin_stats == "all_ranks" else None
-        return build_loss(self.method, gather=gather, **self.loss_options())
+        """The loss with this run's options; which batch its statistics pool is wired by the trainer."""
+        return build_loss(self.method, **self.loss_options())
 
     def resolved_loss_options(self) -> dict[str, Any]:
         """Every option of the method, defaults included: what the run really used."""

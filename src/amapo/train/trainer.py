@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer
 
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
+from amapo.losses.stats import StepStatistics, all_gather_detached
 from amapo.train.logps import response_logps
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -58,10 +59,40 @@ class PreferenceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn.to(self.args.device)
+        self.step_statistics = self.wire_margin_statistics(getattr(self.args, "margin_stats", "micro_batch"))
         self.ref_model = None
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": MetricStore(), "eval": MetricStore()}
+
+    def wire_margin_statistics(self, mode: str) -> StepStatistics | None:
+        """Point the loss's ``gather`` at the batch its adaptive statistics should pool (``margin_stats``)."""
+        if mode == "all_ranks":
+            self.loss_fn.gather = all_gather_detached()
+        elif mode == "optimizer_step":
+            self.loss_fn.gather = StepStatistics()
+            return self.loss_fn.gather
+        elif mode != "micro_batch":
+            raise ValueError(f"margin_stats must be micro_batch, all_ranks or optimizer_step, got {mode!r}")
+        return None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Fetch the step's micro-batches; for ``optimizer_step`` statistics, score all of them first."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.step_statistics is not None and batch_samples:
+            self.step_statistics.set(self.step_statistic_values(batch_samples))
+        return batch_samples, num_items_in_batch
+
+    @torch.no_grad()
+    def step_statistic_values(self, batches: list[dict]) -> torch.Tensor:
+        values = []
+        for batch in batches:
+            inputs = self._prepare_inputs(batch)
+            x = self.pair_inputs(self.model_wrapped, inputs).at_least_fp32()
+            values.append(self.loss_fn.batch_statistic(self.loss_fn.scores_of(x), x))
+        if values[0] is None:  # the loss has no batch statistics
+            return torch.empty(0)
+        return all_gather_detached()(torch.cat(values))
 
     # --- the step ---------------------------------------------------------------------------------------------
 
@@ -71,30 +102,34 @@ class PreferenceTrainer(Trainer):
         self._metrics[mode].add(metrics, weight=out.losses.shape[0])
         return (out.loss, out) if return_outputs else out.loss
 
-    def preference_step(self, model, inputs: dict[str, torch.Tensor]) -> tuple[LossOutput, dict[str, float]]:
+    def pair_inputs(self, model, inputs: dict[str, torch.Tensor]) -> PreferenceInputs:
+        """The loss's inputs for a collated batch: policy log-probs (one forward pass), reference, offsets."""
         logps, lengths = self.concatenated_logps(model, inputs)
         n = logps.shape[0] // 2  # rows [0, n) are prompt + chosen, [n, 2n) prompt + rejected
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
-        self.loss_fn.train(model.training)  # running statistics (alpha-DPO) advance only in training
-        out = self.loss_fn(
-            PreferenceInputs(
-                chosen_logps=logps[:n],
-                rejected_logps=logps[n:],
-                chosen_lengths=lengths[:n],
-                rejected_lengths=lengths[n:],
-                ref_chosen_logps=ref_chosen,
-                ref_rejected_logps=ref_rejected,
-                offsets=inputs.get("offset") if self.loss_fn.needs_offsets else None,
-            )
+        return PreferenceInputs(
+            chosen_logps=logps[:n],
+            rejected_logps=logps[n:],
+            chosen_lengths=lengths[:n],
+            rejected_lengths=lengths[n:],
+            ref_chosen_logps=ref_chosen,
+            ref_rejected_logps=ref_rejected,
+            offsets=inputs.get("offset") if self.loss_fn.needs_offsets else None,
         )
+
+    def preference_step(self, model, inputs: dict[str, torch.Tensor]) -> tuple[LossOutput, dict[str, float]]:
+        x = self.pair_inputs(model, inputs)
+        self.loss_fn.train(model.training)  # running statistics (alpha-DPO) advance only in training
+        if self.step_statistics is not None:
+            self.step_statistics.active = model.training
+        out = self.loss_fn(x)
         metrics = out.metrics()
-        detached = logps.detach()
         metrics.update(
             {
-                "logps/chosen": detached[:n].mean().item(),
-                "logps/rejected": detached[n:].mean().item(),
-                "length/chosen": lengths[:n].mean().item(),
-                "length/rejected": lengths[n:].mean().item(),
+                "logps/chosen": x.chosen_logps.detach().mean().item(),
+                "logps/rejected": x.rejected_logps.detach().mean().item(),
+                "length/chosen": x.chosen_lengths.mean().item(),
+                "length/rejected": x.rejected_lengths.mean().item(),
             }
         )
         return out, metrics
