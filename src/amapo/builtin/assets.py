@@ -141,6 +141,7 @@ def prepare_builtin(
         return BuiltinAssets(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared like any model folder
     try:
         splits = generate_task(task)
         (staging / "data").mkdir()
@@ -149,7 +150,9 @@ def prepare_builtin(
         tokenizer = build_byte_tokenizer()
         model = build_tiny_llama(model_spec, tokenizer)
         losses = supervised_warmup(model, tokenizer, splits["sft"], model_spec)
-        model.save_pretrained(staging / "model")
+        # is_main_process=True: under torchrun, transformers would otherwise write the weights on rank 0 only,
+        # and another rank could publish a folder without them.
+        model.save_pretrained(staging / "model", is_main_process=True)
         tokenizer.save_pretrained(staging / "model")
         info = {
             "task": asdict(task),

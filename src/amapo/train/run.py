@@ -148,7 +148,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     output_dir = Path(config.output_dir)
     checkpoint = resume_checkpoint(config)
     loss_fn = config.build_loss()
-    model_path = resolve_source(config.model_name_or_path)
+    with config.main_process_first(desc="preparing built-in assets"):  # built once, then reused by the others
+        model_path = resolve_source(config.model_name_or_path)
 
     tokenizer = load_tokenizer(model_path, config)
     train_dataset = prepare_split(config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets)

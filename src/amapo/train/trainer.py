@@ -11,6 +11,7 @@ import contextlib
 from collections import defaultdict
 
 import torch
+from accelerate.utils import gather_object
 from transformers import Trainer
 
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
@@ -35,9 +36,13 @@ class MetricStore:
     def drain(self, accelerator) -> dict[str, float]:
         """Means since the last drain (over all processes), then forget them."""
         keys = sorted(self._sums)
+        if accelerator.num_processes > 1:  # ranks may hold different keys (a group absent from a shard)
+            keys = sorted(set().union(*gather_object([keys])))
         if not keys:
             return {}
-        totals = torch.tensor([[self._sums[k], self._weights[k]] for k in keys], device=accelerator.device)
+        totals = torch.tensor(
+            [[self._sums.get(k, 0.0), self._weights.get(k, 0.0)] for k in keys], device=accelerator.device
+        )
         if accelerator.num_processes > 1:
             totals = accelerator.reduce(totals, reduction="sum")
         self._sums.clear()
