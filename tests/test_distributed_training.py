@@ -31,7 +31,13 @@ def launch(out: Path, processes: int, *args: str) -> Path:
     result = subprocess.run(
         [*command, *COMMON, "--output_dir", str(out), *args], env=env, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    if result.returncode != 0:
+        (out.parent / "stderr.log").write_text(result.stderr)
+        causes = [line for line in result.stderr.splitlines() if "Error" in line or "what()" in line]
+        raise AssertionError(
+            f"{command[-1]} failed ({result.returncode}); full log {out.parent / 'stderr.log'}:\n"
+            + "\n".join(causes[:20])
+        )
     return out
 
 

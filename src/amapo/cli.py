@@ -35,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only once a command runs.
     if command == "train":
         from amapo.train.parsing import parse_train_args
-        from amapo.train.run import run_training
+        from amapo.train.run import TrainingInterrupted, run_training
 
-        run_training(parse_train_args(rest))
+        try:
+            run_training(parse_train_args(rest))
+        except TrainingInterrupted as stop:
+            print(f"amapo: {stop}", file=sys.stderr)
+            return 128 + stop.signum
     elif command == "eval":
         from amapo.evaluation.run import EvalConfig, run_eval
 

@@ -91,6 +91,7 @@ def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None
         eval_steps=config.eval_steps,
         report_to="none",
         save_strategy="no",
+        overwrite_output_dir=True,  # compare owns its run folders
     )
     if beta is not None:
         values["beta"] = beta

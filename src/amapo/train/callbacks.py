@@ -1,16 +1,12 @@
-"""Trainer callbacks: metrics to a JSONL file, a progress bar that shows the live loss and ranking accuracy,
-and the loss's own state (alpha-DPO's running statistics) saved with every checkpoint."""
+"""Trainer callbacks: metrics to a JSONL file, and a progress bar that shows the live loss and ranking accuracy."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-
-LOSS_STATE_FILE = "loss_state.pt"
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -39,20 +35,3 @@ class LiveProgressCallback(ProgressCallback):
         if "margin/mean" in logs:
             postfix["margin"] = f"{logs['margin/mean']:.3f}"
         self.training_bar.set_postfix(postfix, refresh=False)
-
-
-class LossStateCallback(TrainerCallback):
-    """Save the loss module's buffers in each checkpoint and restore them on resume."""
-
-    def __init__(self, loss_fn: torch.nn.Module) -> None:
-        self.loss_fn = loss_fn
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.loss_fn.state_dict():
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            torch.save(self.loss_fn.state_dict(), folder / LOSS_STATE_FILE)
-
-    def restore(self, checkpoint: str | None) -> None:
-        path = Path(checkpoint) / LOSS_STATE_FILE if checkpoint else None
-        if path is not None and path.exists():
-            self.loss_fn.load_state_dict(torch.load(path, weights_only=True))

@@ -120,6 +120,17 @@ class TrainConfig(TrainingArguments):
             "micro-batches: one extra no-grad forward per step)."
         },
     )
+    # --- reliability ------------------------------------------------------------------------------------------
+    max_nonfinite_steps: int = field(
+        default=3,
+        metadata={
+            "help": "Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is "
+            "skipped and logged with its rows); the last good checkpoint stays. 0: never stop."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that already holds a run."}
+    )
     # --- TrainingArguments defaults that differ for preference training ---------------------------------------
     output_dir: str | None = field(default="outputs/amapo", metadata={"help": "Where the model, metrics and card go."})
     learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (AdamW)."})
@@ -145,6 +156,8 @@ class TrainConfig(TrainingArguments):
                 f"need 0 < max_prompt_length < max_length, got max_prompt_length={self.max_prompt_length}, "
                 f"max_length={self.max_length}"
             )
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
         if self.margin_stats not in MARGIN_STATS:
             raise ValueError(f"margin_stats must be one of {MARGIN_STATS}, got {self.margin_stats!r}")
         loss_spec(self.method)  # unknown method: a clear error listing the known ones

@@ -10,14 +10,23 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
-from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, LossStateCallback
+from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback
 from amapo.train.config import TrainConfig
+from amapo.train.reliability import (
+    NONFINITE_FILE,
+    CheckpointStateCallback,
+    InterruptCallback,
+    NonFiniteGuard,
+    NonFiniteStepError,
+    NonFiniteStopCallback,
+    holds_a_run,
+    last_complete_checkpoint,
+)
 from amapo.train.report import print_summary, write_model_card, write_resolved_config
-from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer
+from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer, RowIndexCollator
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,20 @@ class TrainResult:
     eval_after: dict[str, float] = field(default_factory=dict)
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped the run after saving a checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"interrupted: checkpoint saved at {checkpoint}; resume with --resume_from_checkpoint last")
+
+
+def check_local_path(option: str, value: str | None) -> None:
+    """A value that is clearly a local path (not a Hub id) must exist: a clear error, not a Hub lookup."""
+    if value and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+        raise FileNotFoundError(f"--{option}: no such file or folder {value}")
+
+
 def load_tokenizer(path: str, config: TrainConfig):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:  # common for base models; padding is masked out everywhere
@@ -46,7 +69,8 @@ def load_tokenizer(path: str, config: TrainConfig):
 
 def load_model(path: str, config: TrainConfig):
     dtype = config.torch_dtype if config.torch_dtype == "auto" else getattr(torch, config.torch_dtype)
-    kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    # safetensors only: a pickled .bin checkpoint can run code when loaded
+    kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code, "use_safetensors": True}
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -97,9 +121,11 @@ def prepare_split(source: str, split: str, tokenizer, config: TrainConfig, needs
             num_proc=config.dataset_num_proc,
         )
     return dataset.map(
-        lambda row: {
-            "length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
-        }
+        lambda row, index: {
+            "length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"])),
+            "row_index": index,  # the row in this split, for messages about a bad step
+        },
+        with_indices=True,
     )
 
 
@@ -130,14 +156,15 @@ def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, de
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint to resume from: a path, or ``last``/``true`` for the last completely written one."""
     value = config.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
     if value in ("true", "True", "last"):
-        last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        last = last_complete_checkpoint(Path(config.output_dir))
         if last is None:
-            raise FileNotFoundError(f"resume_from_checkpoint={value}: no checkpoint-* folder in {config.output_dir}")
-        return last
+            raise FileNotFoundError(f"resume_from_checkpoint={value}: no complete checkpoint-* in {config.output_dir}")
+        return str(last)
     if not Path(value).is_dir():
         raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint folder {value}")
     return value
@@ -147,6 +174,13 @@ def run_training(config: TrainConfig) -> TrainResult:
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     checkpoint = resume_checkpoint(config)
+    if checkpoint is None and holds_a_run(output_dir) and not config.overwrite_output_dir:
+        raise FileExistsError(
+            f"{output_dir} already holds a run: choose another --output_dir, resume it with "
+            "--resume_from_checkpoint last, or pass --overwrite_output_dir true"
+        )
+    for option in ("model_name_or_path", "ref_model_name_or_path", "dataset"):
+        check_local_path(option, getattr(config, option))
     loss_fn = config.build_loss()
     with config.main_process_first(desc="preparing built-in assets"):  # built once, then reused by the others
         model_path = resolve_source(config.model_name_or_path)
@@ -181,20 +215,36 @@ def run_training(config: TrainConfig) -> TrainResult:
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets or None,
-        data_collator=PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns),
+        data_collator=RowIndexCollator(PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns)),
         processing_class=tokenizer,
         loss_fn=loss_fn,
         ref_model=ref_model,
+        nonfinite_guard=(guard := NonFiniteGuard(config.max_nonfinite_steps, output_dir / NONFINITE_FILE)),
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(LiveProgressCallback())
     trainer.add_callback(JsonlMetricsCallback(output_dir / METRICS_FILE))
-    loss_state = LossStateCallback(trainer.loss_fn)
-    trainer.add_callback(loss_state)
-    loss_state.restore(checkpoint)
+    checkpoint_state = CheckpointStateCallback(trainer.loss_fn)
+    trainer.add_callback(checkpoint_state)
+    checkpoint_state.restore(checkpoint)
+    trainer.add_callback(NonFiniteStopCallback(guard))
+    interrupt = InterruptCallback()
+    trainer.add_callback(interrupt)
 
     eval_before = trainer.evaluate() if eval_datasets else {}
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    interrupt.install()
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        interrupt.restore()
+    if interrupt.signal_received is not None:
+        raise TrainingInterrupted(interrupt.signal_received, last_complete_checkpoint(output_dir))
+    if guard.tripped:
+        raise NonFiniteStepError(
+            f"{guard.consecutive} optimizer steps in a row had a non-finite loss or gradient (rows in "
+            f"{output_dir / NONFINITE_FILE}); stopped without saving a final model. Last good checkpoint: "
+            f"{last_complete_checkpoint(output_dir)}"
+        )
     eval_after = trainer.evaluate() if eval_datasets else {}
 
     result = TrainResult(output_dir, dict(train_output.metrics), eval_before, eval_after)

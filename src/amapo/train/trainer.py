@@ -17,6 +17,7 @@ from transformers import Trainer
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
 from amapo.losses.stats import StepStatistics, all_gather_detached
 from amapo.train.logps import response_logps
+from amapo.train.reliability import NonFiniteGuard
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -60,7 +61,15 @@ class PreferenceTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, loss_fn: PreferenceLoss, ref_model: torch.nn.Module | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_fn: PreferenceLoss,
+        ref_model: torch.nn.Module | None = None,
+        nonfinite_guard: NonFiniteGuard | None = None,
+        **kwargs,
+    ):
+        self.nonfinite_guard = nonfinite_guard  # before super().__init__, which may create the optimizer
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn.to(self.args.device)
@@ -69,6 +78,12 @@ class PreferenceTrainer(Trainer):
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": MetricStore(), "eval": MetricStore()}
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.nonfinite_guard is not None:
+            self.nonfinite_guard.wrap(optimizer, step_number=lambda: self.state.global_step + 1)
+        return optimizer
 
     def wire_margin_statistics(self, mode: str) -> StepStatistics | None:
         """Point the loss's ``gather`` at the batch its adaptive statistics should pool (``margin_stats``)."""
@@ -103,6 +118,8 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out, metrics = self.preference_step(model, inputs)
+        if model.training and self.nonfinite_guard is not None:
+            self.nonfinite_guard.note_batch(out.loss, inputs.get("row_index"))
         mode = "train" if model.training else "eval"
         self._metrics[mode].add(metrics, weight=out.losses.shape[0])
         return (out.loss, out) if return_outputs else out.loss
@@ -180,3 +197,16 @@ class PreferenceTrainer(Trainer):
             drained = self._metrics["train"].drain(self.accelerator)
             logs.update({k: v for k, v in drained.items() if k not in logs})  # keep the Trainer's GA-aware loss
         super().log(logs, start_time)
+
+
+class RowIndexCollator:
+    """Wraps a collator to carry each pair's dataset row (``row_index``), so a bad step can name its rows."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.collator(features)
+        if "row_index" in features[0]:
+            batch["row_index"] = torch.tensor([f["row_index"] for f in features], dtype=torch.long)
+        return batch

@@ -1,0 +1,163 @@
+"""Bad numbers and interruptions never cost a run: non-finite steps skipped and reported, SIGTERM and SIGKILL
+resumed to the same weights, incomplete checkpoints ignored, finished runs not overwritten."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from amapo.builtin import resolve_source
+from amapo.losses.methods import SimPOLoss
+from amapo.train.parsing import parse_train_args
+from amapo.train.reliability import COMPLETE_MARKER, NONFINITE_FILE, NonFiniteStepError, last_complete_checkpoint
+from amapo.train.run import run_training
+
+
+def train(out: Path, *args: str):
+    return run_training(parse_train_args(["--config", "builtin", "--output_dir", str(out), *args]))
+
+
+def write_pairs(path: Path, n: int, long_rows: tuple[int, ...] = ()) -> Path:
+    rows = [json.loads(line) for line in Path(resolve_source("builtin:reverse")).read_text().splitlines()[:n]]
+    for i in long_rows:  # a chosen answer far longer than any other: the trigger for the failing loss below
+        rows[i]["chosen"] = "abcdefghijklmnop" * 2
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def nan_on_long_answers(monkeypatch):
+    """SimPO whose loss is NaN for any batch holding a chosen answer longer than 20 tokens."""
+    forward = SimPOLoss.forward
+
+    def failing_forward(self, inputs):
+        out = forward(self, inputs)
+        if self.training and (inputs.chosen_lengths > 20).any():
+            return dataclasses.replace(out, loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(SimPOLoss, "forward", failing_forward)
+
+
+def test_non_finite_step_is_skipped_and_names_its_rows(tmp_path, nan_on_long_answers):
+    data = write_pairs(tmp_path / "pairs.jsonl", 12, long_rows=(5,))
+    result = train(tmp_path / "out", "--dataset", str(data), "--method", "simpo", "--per_device_train_batch_size", "1",
+                   "--num_train_epochs", "1", "--eval_datasets", "none")  # fmt: skip
+    skipped = [json.loads(line) for line in (result.output_dir / NONFINITE_FILE).read_text().splitlines()]
+    assert len(skipped) == 1 and skipped[0]["rows"] == [5]
+    weights = load_file(result.output_dir / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_too_many_non_finite_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, nan_on_long_answers):
+    data = write_pairs(tmp_path / "pairs.jsonl", 12, long_rows=tuple(range(4, 12)))
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteStepError, match="2 optimizer steps in a row"):
+        train(out, "--dataset", str(data), "--method", "simpo", "--per_device_train_batch_size", "4",
+              "--num_train_epochs", "3", "--eval_datasets", "none", "--max_nonfinite_steps", "2",
+              "--save_strategy", "steps", "--save_steps", "1", "--seed", "3")  # fmt: skip
+    assert not (out / "model.safetensors").exists()  # no final model from a broken run
+    last = last_complete_checkpoint(out)
+    assert last is not None
+    weights = load_file(last / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_output_folder_holding_a_run_is_not_overwritten(tmp_path):
+    args = ("--max_steps", "1", "--eval_datasets", "none")
+    train(tmp_path / "out", *args)
+    with pytest.raises(FileExistsError, match=r"already holds a run.*--overwrite_output_dir true"):
+        train(tmp_path / "out", *args)
+    train(tmp_path / "out", *args, "--overwrite_output_dir", "true")
+
+
+def test_missing_local_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--model_name_or_path: no such file or folder \./nowhere"):
+        train(tmp_path / "out", "--model_name_or_path", "./nowhere")
+    with pytest.raises(FileNotFoundError, match="--dataset: no such file"):
+        train(tmp_path / "out", "--dataset", "/no/such/pairs.jsonl")
+
+
+def test_incomplete_checkpoint_is_never_resumed_from(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("ok\n")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+
+
+# --- real interruptions of a training process ----------------------------------------------------------------
+
+LONG_RUN = ("train", "--config", "builtin", "--max_steps", "300", "--per_device_train_batch_size", "4",
+            "--eval_datasets", "none", "--logging_steps", "1", "--seed", "5")  # fmt: skip
+
+
+def amapo_process(out: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "amapo.cli", *LONG_RUN, "--output_dir", str(out), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"training ended early: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "timed out waiting for the training process"
+        time.sleep(0.05)
+
+
+def logged_steps(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if '"loss"' in line) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "out"
+    process = amapo_process(out)
+    assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    return load_file(out / "model.safetensors")
+
+
+def resume(out: Path) -> dict[str, torch.Tensor]:
+    process = amapo_process(out, "--resume_from_checkpoint", "last")
+    assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    return load_file(out / "model.safetensors")
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    process = amapo_process(out, "--save_strategy", "no")
+    wait_for(lambda: logged_steps(out) >= 20, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    checkpoint = last_complete_checkpoint(out)
+    assert checkpoint is not None and 20 <= int(checkpoint.name.split("-")[1]) < 300
+    assert not (out / "model.safetensors").exists()
+    assert_bitwise_equal(resume(out), uninterrupted)
+
+
+def test_sigkill_at_an_arbitrary_step_resumes_bitwise_equal(tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    process = amapo_process(out, "--save_strategy", "steps", "--save_steps", "25", "--save_total_limit", "2")
+    wait_for(lambda: last_complete_checkpoint(out) is not None and logged_steps(out) >= 60, process)
+    process.kill()  # SIGKILL: no handler runs, possibly in the middle of writing a checkpoint
+    process.wait(timeout=60)
+    assert_bitwise_equal(resume(out), uninterrupted)
