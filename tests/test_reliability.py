@@ -161,3 +161,37 @@ def test_sigkill_at_an_arbitrary_step_resumes_bitwise_equal(tmp_path, uninterrup
     process.kill()  # SIGKILL: no handler runs, possibly in the middle of writing a checkpoint
     process.wait(timeout=60)
     assert_bitwise_equal(resume(out), uninterrupted)
+
+
+# --- options and trust ------------------------------------------------------------------------------------
+
+
+def test_lora_without_peft_installed_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if PEFT were not installed
+    with pytest.raises(ImportError, match=r"use_peft needs PEFT"):
+        train(tmp_path / "out", "--use_peft", "true", "--max_steps", "1", "--eval_datasets", "none")
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    """Only safetensors are read: a folder with a pickled pytorch_model.bin is not loaded (it could run code)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    source = Path(resolve_source("builtin:tiny-llama"))
+    folder = tmp_path / "pickled"
+    shutil.copytree(source, folder)
+    state = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        train(tmp_path / "out", "--model_name_or_path", str(folder), "--max_steps", "1", "--eval_datasets", "none")
+
+
+def test_outputs_are_safetensors_only(tmp_path):
+    result = train(tmp_path / "out", "--max_steps", "2", "--eval_datasets", "none", "--save_strategy", "steps",
+                   "--save_steps", "1")  # fmt: skip
+    for folder in (result.output_dir, result.output_dir / "checkpoint-1", result.output_dir / "checkpoint-2"):
+        assert (folder / "model.safetensors").exists(), folder
+        assert not list(folder.glob("pytorch_model*.bin")), folder
+    # Other states of a checkpoint (optimizer, scheduler, RNG, loss) are tensors only, read with weights_only=True.
