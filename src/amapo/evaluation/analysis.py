@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from amapo.builtin import resolve_source
 from amapo.data import load_preference_dataset, tokenize_dataset
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights
-from amapo.evaluation.run import loss_for_model, parse_named_set, trained_config
+from amapo.evaluation.run import load_for_scoring, loss_for_model, parse_named_set, print_metric_table, trained_config
 from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
 
 DEFAULT_METHODS = ["dpo", "simpo", "amapo", "amapo-released"]
@@ -55,18 +53,8 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
     trained = trained_config(config.model_name_or_path)
     losses = {m: loss_for_model(m, trained) for m in config.methods}  # unknown names fail before any loading
     model_path = resolve_source(config.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    ref_model = None
-    if any(loss.needs_reference for loss in losses.values()):
-        ref_source = (
-            config.ref_model_name_or_path or trained.get("ref_model_name_or_path") or trained.get("model_name_or_path")
-        )
-        if ref_source is None:
-            raise ValueError("a reference-based method was asked for: pass --ref_model_name_or_path")
-        ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(ref_source))
+    needs_reference = any(loss.needs_reference for loss in losses.values())
+    tokenizer, model, ref_model = load_for_scoring(model_path, trained, needs_reference, config.ref_model_name_or_path)
 
     entry = config.dataset if "=" in config.dataset else f"pairs={config.dataset}"
     _, source, split = parse_named_set(entry)
@@ -99,17 +87,7 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
 
 
 def print_analysis(results: dict[str, dict[str, float]], console: Console) -> None:
-    table = Table(title="Gradient dynamics (lower overfitting / underfitting is better)")
-    columns = [
-        "accuracy",
-        "grad_weight/correct",
-        "grad_weight/incorrect",
-        "gradient/overfitting",
-        "gradient/underfitting",
-    ]
-    table.add_column("method")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for method, metrics in results.items():
-        table.add_row(method, *(f"{metrics[c]:.3f}" if c in metrics else "-" for c in columns))
-    console.print(table)
+    columns = ["accuracy", "grad_weight/correct", "grad_weight/incorrect", "gradient/overfitting",
+               "gradient/underfitting"]  # fmt: skip
+    print_metric_table("Gradient dynamics (lower overfitting / underfitting is better)", "method", results, columns,
+                       console)  # fmt: skip

@@ -87,6 +87,34 @@ def loss_for_model(method: str | None, trained: dict[str, Any], beta: float | No
     return build_loss(name, **options)
 
 
+def load_for_scoring(model_path: str, trained: dict[str, Any], needs_reference: bool, ref_override: str | None):
+    """(tokenizer, model, reference or None) on the best device; the reference defaults to the initial policy."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).to(device)
+    if not needs_reference:
+        return tokenizer, model, None
+    ref_source = ref_override or trained.get("ref_model_name_or_path") or trained.get("model_name_or_path")
+    if ref_source is None:
+        raise ValueError("a reference-based method needs a reference model: pass --ref_model_name_or_path")
+    ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(ref_source), use_safetensors=True).to(device)
+    return tokenizer, model, ref_model
+
+
+def print_metric_table(title: str, key_name: str, results: dict[str, dict[str, float]], columns, console) -> None:
+    """One row per key of ``results``, one column per metric that any row has."""
+    shown = [c for c in columns if any(c in r for r in results.values())]
+    table = Table(title=title)
+    table.add_column(key_name)
+    for column in shown:
+        table.add_column(column, justify="right")
+    for name, metrics in results.items():
+        table.add_row(name, *(f"{metrics[c]:.3f}" if c in metrics else "-" for c in shown))
+    console.print(table)
+
+
 def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, dict[str, float]]:
     """Per eval set: ranking accuracy, reward-margin distribution, gradient indicators (and generations).
 
@@ -98,19 +126,9 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
     trained = trained_config(config.model_name_or_path)
     loss_fn = loss_for_model(config.method, trained, config.beta)
     model_path = resolve_source(config.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path).to(device)
-    ref_model = None
-    if loss_fn.needs_reference:
-        ref_source = (
-            config.ref_model_name_or_path or trained.get("ref_model_name_or_path") or trained.get("model_name_or_path")
-        )
-        if ref_source is None:
-            raise ValueError(f"method {loss_fn!r} is reference-based: pass --ref_model_name_or_path")
-        ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(ref_source)).to(device)
+    tokenizer, model, ref_model = load_for_scoring(
+        model_path, trained, loss_fn.needs_reference, config.ref_model_name_or_path
+    )
 
     output_dir = Path(config.output_dir or Path(model_path) / "eval")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -176,19 +194,6 @@ def generation_metrics(model, tokenizer, pairs, config: EvalConfig, name: str, b
 
 
 def print_eval_table(results: dict[str, dict[str, float]], console: Console) -> None:
-    columns = [
-        "accuracy",
-        "reward_margin/mean",
-        "gradient/overfitting",
-        "gradient/underfitting",
-        "generation/true_reward",
-        "generation/length",
-    ]
-    shown = [c for c in columns if any(c in r for r in results.values())]
-    table = Table(title="amapo eval")
-    table.add_column("set")
-    for column in shown:
-        table.add_column(column, justify="right")
-    for name, metrics in results.items():
-        table.add_row(name, *(f"{metrics[c]:.3f}" if c in metrics else "-" for c in shown))
-    console.print(table)
+    columns = ["accuracy", "reward_margin/mean", "gradient/overfitting", "gradient/underfitting",
+               "generation/true_reward", "generation/length"]  # fmt: skip
+    print_metric_table("amapo eval", "set", results, columns, console)
