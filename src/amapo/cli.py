@@ -1,11 +1,11 @@
-"""The ``amapo`` command line.
+"""The amapo command line.
 
     amapo train    [--config RECIPE] [--option value ...]   align a model on preference pairs
     amapo eval     --model_name_or_path M --datasets NAME=SOURCE[@SPLIT] ...   ranking accuracy, generations
     amapo analyze  --model_name_or_path M --dataset SOURCE   gradient dynamics of several methods
     amapo compare  [--methods ...] [--seeds ...] [--beta_sweep ...]   the paper's comparison as a report
 
-Each command prints every option with its default under ``--help``.
+Each command prints every option with its default under --help.
 """
 
 from __future__ import annotations
