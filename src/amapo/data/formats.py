@@ -18,6 +18,7 @@ through unchanged. The per-row checks and conversions live in ``amapo.data.pairs
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ import datasets
 
 from amapo.data.caching import SOURCE_DIGEST
 from amapo.data.errors import DataError
+from amapo.data.invalid import drop_invalid_rows
 from amapo.data.pairs import MISSING, standardize_pair
 
 STANDARD_FIELDS = ("prompt", "chosen", "rejected")
@@ -75,12 +77,17 @@ def field_paths(columns: list[str], column_mapping: Mapping[str, str] | None = N
 
 
 def standardize_preference_dataset(
-    dataset: datasets.Dataset, column_mapping: Mapping[str, str] | None = None
+    dataset: datasets.Dataset,
+    column_mapping: Mapping[str, str] | None = None,
+    *,
+    drop_invalid: bool = False,
+    dropped: Counter | None = None,
 ) -> datasets.Dataset:
     """``dataset`` in the standard form: ``prompt``/``chosen``/``rejected`` plus passthrough columns.
 
     Runs as ``Dataset.map`` (so it scales to datasets larger than memory); a bad row raises a DataError
-    naming its index and field.
+    naming its index and field, or with ``drop_invalid`` is dropped and counted per reason into ``dropped``
+    (``amapo.data.invalid``).
     """
     if len(dataset) == 0:
         raise DataError("the dataset has no rows")
@@ -100,6 +107,12 @@ def standardize_preference_dataset(
                 raise DataError(f"missing (column_mapping path {path!r})", index, name)
             out[name] = value
         return {_FRESH + name: value for name, value in out.items()}
+
+    if drop_invalid:  # a checking pass first: the conversion's output types vary with the format of valid rows
+        dataset = drop_invalid_rows(
+            dataset, lambda row, index: to_standard(row, index, SOURCE_DIGEST), stage="format", dropped=dropped
+        )
+        columns = list(dataset.column_names)
 
     # Outputs go to fresh column names, renamed after: a column that map writes under an input column's name
     # is cast to that column's type (a message struct would keep a source-only key such as "name").

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def load_preference_dataset(
     split: str = "train",
     dataset_config: str | None = None,
     column_mapping: Mapping[str, str] | None = None,
+    drop_invalid: bool = False,
+    dropped: Counter | None = None,
 ) -> datasets.Dataset:
     """Load ``source`` and convert it to the standard form (columns ``prompt``, ``chosen``, ``rejected``).
 
@@ -67,4 +70,4 @@ def load_preference_dataset(
     and field.
     """
     raw = load_raw_dataset(source, split=split, dataset_config=dataset_config)
-    return standardize_preference_dataset(raw, column_mapping)
+    return standardize_preference_dataset(raw, column_mapping, drop_invalid=drop_invalid, dropped=dropped)

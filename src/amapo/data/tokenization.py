@@ -23,6 +23,7 @@ raises DataError (the text holds the BOS text, e.g. an HTML "<s>" under Llama's 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import datasets
@@ -30,6 +31,7 @@ import datasets
 from amapo.data.caching import SOURCE_DIGEST
 from amapo.data.chat import render_pair, resolve_chat_template
 from amapo.data.errors import DataError
+from amapo.data.invalid import drop_invalid_rows
 from amapo.data.pairs import MISSING, standardize_pair
 from amapo.data.truncation import check_truncation_options, truncate_pair
 
@@ -150,10 +152,13 @@ def tokenize_dataset(
     truncation_mode: str = "keep_end",
     chat_template: str | None = None,
     num_proc: int | None = None,
+    drop_invalid: bool = False,
+    dropped: Counter | None = None,
 ) -> datasets.Dataset:
     """``tokenize_pair`` over every row (errors name the row index); the text columns are dropped, the
     passthrough columns (e.g. ``offset``, ``ref_chosen_logps``) kept. Logs one warning when the seam fallback
-    was needed, and the number of truncated rows at INFO level.
+    was needed, and the number of truncated rows at INFO level. With ``drop_invalid``, rows that cannot be
+    tokenized (e.g. a response emptied by truncation) are dropped and counted per reason into ``dropped``.
     """
     check_truncation_options(max_length, max_prompt_length, truncation_mode)
     missing = [name for name in ("chosen", "rejected") if name not in dataset.column_names]
@@ -170,6 +175,11 @@ def tokenize_dataset(
         out[_SEAM_COLUMN] = fallbacks
         return out
 
+    if drop_invalid:
+        dataset = drop_invalid_rows(
+            dataset, lambda row, index: tokenize_row(row, index, SOURCE_DIGEST), stage="tokenization",
+            dropped=dropped, num_proc=num_proc,
+        )  # fmt: skip
     tokenized = dataset.map(
         tokenize_row,
         with_indices=True,

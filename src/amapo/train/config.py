@@ -121,6 +121,13 @@ class TrainConfig(TrainingArguments):
         },
     )
     # --- reliability ------------------------------------------------------------------------------------------
+    drop_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop rows that fail validation (reported per reason) instead of stopping with an error "
+            "that names the row, field and reason."
+        },
+    )
     max_nonfinite_steps: int = field(
         default=3,
         metadata={

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
+from amapo.data.invalid import describe
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback
 from amapo.train.config import TrainConfig
 from amapo.train.reliability import (
@@ -94,13 +96,21 @@ def apply_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def prepare_split(source: str, split: str, tokenizer, config: TrainConfig, needs_offsets: bool):
-    """Load one split in the standard form, tokenize it, and add the length column used to group batches."""
+def prepare_split(
+    source: str, split: str, tokenizer, config: TrainConfig, needs_offsets: bool, dropped: Counter | None = None
+):
+    """Load one split in the standard form, tokenize it, and add the length column used to group batches.
+
+    With ``drop_invalid_rows`` the rows that fail validation are dropped and counted per reason in ``dropped``.
+    """
+    dropped = Counter() if dropped is None else dropped
     dataset = load_preference_dataset(
         resolve_source(source),
         split=split,
         dataset_config=config.dataset_config,
         column_mapping=config.column_mapping_dict(),
+        drop_invalid=config.drop_invalid_rows,
+        dropped=dropped,
     )
     if needs_offsets:
         if config.offset_column not in dataset.column_names:
@@ -119,11 +129,15 @@ def prepare_split(source: str, split: str, tokenizer, config: TrainConfig, needs
             truncation_mode=config.truncation_mode,
             chat_template=config.chat_template and tokenizer.chat_template,
             num_proc=config.dataset_num_proc,
+            drop_invalid=config.drop_invalid_rows,
+            dropped=dropped,
         )
+    if dropped:
+        print(f"amapo: {source}@{split}: dropped {sum(dropped.values())} invalid rows: {describe(dropped)}")
     return dataset.map(
         lambda row, index: {
             "length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"])),
-            "row_index": index,  # the row in this split, for messages about a bad step
+            "row_index": row.get("row_index", index),  # the source row, for messages about a bad step
         },
         with_indices=True,
     )
