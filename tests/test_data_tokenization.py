@@ -111,7 +111,7 @@ def test_empty_prompt_needs_a_bos(tokenizer):
     merging._tokenizer.post_processor = None  # now no BOS is added
     with pytest.raises(DataError, match="no tokens") as err:
         tok({"prompt": "", "chosen": "a", "rejected": "b"}, merging, row_index=2)
-    assert (err.value.row, err.value.field) == (2, None)
+    assert (err.value.row, err.value.field) == (2, "prompt")
 
 
 # --- conversational pairs ------------------------------------------------------------------------------------

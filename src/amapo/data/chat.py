@@ -47,6 +47,8 @@ def render_pair(
     rendered prompt is not a prefix) gives no place to cut: DataError.
     """
     field = "prompt"
+    if not prompt:  # the template has nothing to render (transformers raises a bare ValueError)
+        raise DataError("the prompt has no messages", row, field)
     try:
         prompt_text = _render(tokenizer, prompt, template, generation_prompt=True)
         response_texts = {}

@@ -98,6 +98,9 @@ def standardize_preference_dataset(
     def to_standard(row: dict[str, Any], index: int, code_version: str) -> dict[str, Any]:
         prompt_path = paths["prompt"]
         prompt = MISSING if prompt_path is None else lookup(row, prompt_path)
+        if prompt is MISSING and prompt_path is not None and prompt_path not in columns:
+            # a nested path (OpenAI's input.messages, a dotted mapping) absent from this row: not an implicit prompt
+            raise DataError(f"missing (path {prompt_path!r})", index, "prompt")
         chosen, rejected = lookup(row, paths["chosen"]), lookup(row, paths["rejected"])
         prompt, chosen, rejected = standardize_pair(prompt, chosen, rejected, row=index)
         out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}

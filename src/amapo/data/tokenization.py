@@ -102,7 +102,9 @@ def encode_pair(row: dict, tokenizer, *, chat_template: str | None, row_index: i
     while bos is not None and prompt_ids[:2] == [bos, bos]:
         prompt_ids = prompt_ids[1:]
     if not prompt_ids:
-        raise DataError("the prompt has no tokens and the tokenizer adds no BOS: nothing to condition on", row_index)
+        raise DataError(
+            "the prompt has no tokens and the tokenizer adds no BOS: nothing to condition on", row_index, "prompt"
+        )
     return {
         "prompt_input_ids": prompt_ids,
         "chosen_input_ids": encoded["chosen"],
@@ -166,7 +168,7 @@ def tokenize_dataset(
         raise DataError(f"no column {missing}: convert the dataset with load_preference_dataset first")
     if len(dataset) == 0:
         raise DataError("the dataset has no rows")
-    if isinstance(dataset[0]["chosen"], list):
+    if isinstance(dataset.features.get("chosen"), datasets.List | datasets.Sequence | list):  # conversational
         chat_template = resolve_chat_template(tokenizer, chat_template)  # fail once, before any row; read a file once
 
     def tokenize_row(row: dict, index: int, code_version: str) -> dict:
