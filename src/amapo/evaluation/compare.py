@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
-from amapo.data import load_preference_dataset, tokenize_dataset
+from amapo.data import load_preference_dataset
 from amapo.evaluation.analysis import accuracy_curves_from_metrics
 from amapo.evaluation.generation import generate_responses
 from amapo.evaluation.report import write_report
@@ -26,7 +26,7 @@ from amapo.evaluation.run import parse_named_set
 from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
 from amapo.train.config import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args
-from amapo.train.run import run_training
+from amapo.train.run import prepare_split, run_training
 
 DEFAULT_METHODS = [
     "dpo",
@@ -121,14 +121,7 @@ def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dic
     if config.analysis_set not in sets:
         raise ValueError(f"analysis_set {config.analysis_set!r} is not an eval set of the recipe: {sorted(sets)}")
     source, split = sets[config.analysis_set]
-    pairs = load_preference_dataset(resolve_source(source), split=split)
-    tokenized = tokenize_dataset(
-        pairs,
-        tokenizer,
-        max_length=train_config.max_length,
-        max_prompt_length=train_config.max_prompt_length,
-        truncation_mode=train_config.truncation_mode,
-    )
+    tokenized = prepare_split(source, split, tokenizer, train_config, loss_fn.needs_offsets)
     batch = train_config.per_device_train_batch_size  # AMaPO's statistics over a training-sized batch
     logps = compute_pair_logps(
         model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=batch, ref_model=ref_model

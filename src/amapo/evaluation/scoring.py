@@ -26,30 +26,16 @@ from amapo.losses import PreferenceInputs, PreferenceLoss
 from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer
 
 
-@dataclass
-class PairLogps:
-    """Per-pair summed response log-probs (and token counts) of a policy, and of its reference if any."""
-
-    chosen_logps: torch.Tensor
-    rejected_logps: torch.Tensor
-    chosen_lengths: torch.Tensor
-    rejected_lengths: torch.Tensor
-    ref_chosen_logps: torch.Tensor | None = None
-    ref_rejected_logps: torch.Tensor | None = None
-    offsets: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.chosen_logps.shape[0]
-
-    def slice(self, start: int, stop: int) -> PreferenceInputs:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return PreferenceInputs(**{k: None if v is None else v[start:stop] for k, v in values.items()})
+def slice_pairs(inputs: PreferenceInputs, start: int, stop: int) -> PreferenceInputs:
+    """Pairs [start, stop) of ``inputs``."""
+    values = {f.name: getattr(inputs, f.name) for f in fields(inputs)}
+    return PreferenceInputs(**{k: None if v is None else v[start:stop] for k, v in values.items()})
 
 
 @torch.no_grad()
 def compute_pair_logps(
     model, dataset, *, pad_token_id: int, batch_size: int = 32, ref_model=None, device=None
-) -> PairLogps:
+) -> PreferenceInputs:
     """Log-probs of every pair of a tokenized dataset (``amapo.data.tokenize_dataset``), in dataset order.
 
     Reference log-probs come from the dataset's ``ref_*`` columns when present, else from ``ref_model``.
@@ -60,7 +46,7 @@ def compute_pair_logps(
     has_ref_columns = all(c in dataset.column_names for c in REF_COLUMNS)
     extra = (["offset"] if has_offsets else []) + (list(REF_COLUMNS) if has_ref_columns else [])
     collator = PreferenceCollator(pad_token_id, extra_columns=extra)
-    parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(PairLogps)}
+    parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(PreferenceInputs)}
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -79,7 +65,7 @@ def compute_pair_logps(
             parts["ref_rejected_logps"].append(ref_logps[n:].cpu())
         if has_offsets:
             parts["offsets"].append(batch["offset"].cpu())
-    return PairLogps(**{k: torch.cat(v) if v else None for k, v in parts.items()})
+    return PreferenceInputs(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
 @dataclass
@@ -127,14 +113,14 @@ class PairScores:
 
 
 @torch.no_grad()
-def score_with_loss(logps: PairLogps, loss_fn: PreferenceLoss, batch_size: int = 32) -> PairScores:
+def score_with_loss(logps: PreferenceInputs, loss_fn: PreferenceLoss, batch_size: int = 32) -> PairScores:
     """Apply one method to precomputed log-probs, ``batch_size`` pairs at a time.
 
     Adaptive margins (AMaPO) take their batch statistics over each batch of ``batch_size`` pairs, as in
     training with that micro-batch size; fixed-margin methods do not depend on it.
     """
     loss_fn.eval()
-    outputs = [loss_fn(logps.slice(s, s + batch_size)) for s in range(0, len(logps), batch_size)]
+    outputs = [loss_fn(slice_pairs(logps, s, s + batch_size)) for s in range(0, logps.batch_size, batch_size)]
 
     def cat(name: str) -> np.ndarray:
         return torch.cat([getattr(o, name) for o in outputs]).float().numpy()
