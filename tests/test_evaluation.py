@@ -30,7 +30,7 @@ class FavoursLetterA(torch.nn.Module):
         self.vocab_size = vocab_size
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
 
-    def forward(self, input_ids, attention_mask=None, use_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
         logits = torch.zeros(*input_ids.shape, self.vocab_size) + self.anchor
         logits[..., ord("a")] = A_LOGIT
         return SimpleNamespace(logits=logits)

@@ -23,7 +23,10 @@ import torch
 
 from amapo.data import PreferenceCollator
 from amapo.losses import PreferenceInputs, PreferenceLoss
+from amapo.train.logps import enable_response_logps, layout_of_model
 from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer
+
+KINDS = ("prompt", "chosen", "rejected")
 
 
 def slice_pairs(inputs: PreferenceInputs, start: int, stop: int) -> PreferenceInputs:
@@ -34,18 +37,27 @@ def slice_pairs(inputs: PreferenceInputs, start: int, stop: int) -> PreferenceIn
 
 @torch.no_grad()
 def compute_pair_logps(
-    model, dataset, *, pad_token_id: int, batch_size: int = 32, ref_model=None, device=None
+    model, dataset, *, pad_token_id: int, batch_size: int = 32, ref_model=None, device=None, layout: str = "auto"
 ) -> PreferenceInputs:
     """Log-probs of every pair of a tokenized dataset (``amapo.data.tokenize_dataset``), in dataset order.
 
     Reference log-probs come from the dataset's ``ref_*`` columns when present, else from ``ref_model``.
+    ``layout``: the collator's batch layout (auto: the fastest that the model's attention computes exactly).
     """
     device = device or next(model.parameters()).device
     model.eval()
+    for scorer in (model, ref_model):
+        if scorer is not None and hasattr(scorer, "get_output_embeddings"):  # a transformers causal LM
+            enable_response_logps(scorer)
+    longest = max(
+        (len(p) + max(len(c), len(r)) for p, c, r in zip(*(dataset[f"{k}_input_ids"] for k in KINDS), strict=True)),
+        default=0,
+    )
+    layout = layout_of_model(layout, model, max_length=longest)
     has_offsets = "offset" in dataset.column_names
     has_ref_columns = all(c in dataset.column_names for c in REF_COLUMNS)
     extra = (["offset"] if has_offsets else []) + (list(REF_COLUMNS) if has_ref_columns else [])
-    collator = PreferenceCollator(pad_token_id, extra_columns=extra)
+    collator = PreferenceCollator(pad_token_id, extra_columns=extra, layout=layout)
     parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(PreferenceInputs)}
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])

@@ -12,6 +12,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from amapo.data.collator import LAYOUTS
 from amapo.losses import build_loss, loss_spec
 from amapo.losses.base import PreferenceLoss
 
@@ -30,6 +31,7 @@ LOSS_OPTIONS = (
     "zero_margin",
 )
 MARGIN_STATS = ("micro_batch", "all_ranks", "optimizer_step")
+BATCH_LAYOUTS = ("auto", *LAYOUTS)
 
 
 @dataclass
@@ -57,6 +59,18 @@ class TrainConfig(TrainingArguments):
         default=None, metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2 (default: transformers')."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub. Off by default."})
+    batch_layout: str = field(
+        default="auto",
+        metadata={
+            "help": "How a batch of pairs is laid out for the forward pass: shared_prompt (prompt once per pair, "
+            "needs eager/sdpa attention), packed (no padding, for flash-attention), padded, or auto (shared_prompt "
+            "on eager/sdpa, packed on flash-attention, padded otherwise)."
+        },
+    )
+    lm_head_chunk_size: int = field(
+        default=0,
+        metadata={"help": "Response tokens per LM-head chunk (0: as many as keep a chunk's fp32 logits <= 256 MiB)."},
+    )
     chat_template: str | None = field(
         default=None, metadata={"help": "Chat template (Jinja string or .jinja path) overriding the tokenizer's."}
     )
@@ -153,6 +167,13 @@ class TrainConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns (the collator needs them)."}
     )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training sampler: group_by_length (default: batches of similar length, little padding), "
+            "random, sequential or batch_rebalance."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -165,6 +186,10 @@ class TrainConfig(TrainingArguments):
             )
         if self.max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
+        if self.batch_layout not in BATCH_LAYOUTS:
+            raise ValueError(f"batch_layout must be one of {', '.join(BATCH_LAYOUTS)}, got {self.batch_layout!r}")
+        if self.lm_head_chunk_size < 0:
+            raise ValueError(f"lm_head_chunk_size must be >= 0, got {self.lm_head_chunk_size}")
         if self.margin_stats not in MARGIN_STATS:
             raise ValueError(f"margin_stats must be one of {MARGIN_STATS}, got {self.margin_stats!r}")
         loss_spec(self.method)  # unknown method: a clear error listing the known ones

@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
+from amapo.data.collator import row_length
 from amapo.data.invalid import describe
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback
 from amapo.train.config import TrainConfig
+from amapo.train.logps import enable_response_logps, layout_for
 from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
@@ -97,10 +99,17 @@ def apply_lora(model, config: TrainConfig):
 
 
 def prepare_split(
-    source: str, split: str, tokenizer, config: TrainConfig, needs_offsets: bool, dropped: Counter | None = None
+    source: str,
+    split: str,
+    tokenizer,
+    config: TrainConfig,
+    needs_offsets: bool,
+    dropped: Counter | None = None,
+    layout: str = "padded",
 ):
     """Load one split in the standard form, tokenize it, and add the length column used to group batches.
 
+    ``length`` is a pair's row length in the batch ``layout`` (``amapo.data.collator.row_length``).
     With ``drop_invalid_rows`` the rows that fail validation are dropped and counted per reason in ``dropped``.
     """
     dropped = Counter() if dropped is None else dropped
@@ -136,7 +145,9 @@ def prepare_split(
         print(f"amapo: {source}@{split}: dropped {sum(dropped.values())} invalid rows: {describe(dropped)}")
     return dataset.map(
         lambda row, index: {
-            "length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"])),
+            "length": row_length(
+                layout, len(row["prompt_input_ids"]), len(row["chosen_input_ids"]), len(row["rejected_input_ids"])
+            ),
             "row_index": row.get("row_index", index),  # the source row, for messages about a bad step
         },
         with_indices=True,
@@ -154,9 +165,17 @@ def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool) -> dict:
     return sets
 
 
+def batch_layout(config: TrainConfig, model_path: str) -> str:
+    """The collator layout for this run (``--batch_layout``; auto: what the model's attention computes fastest)."""
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    window = getattr(model_config.get_text_config(), "sliding_window", None)
+    return layout_for(config.batch_layout, config.attn_implementation, window, config.max_length)
+
+
 @torch.no_grad()
 def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, device):
     """Reference log-probs of every pair, computed once; the reference model can then be freed."""
+    enable_response_logps(ref_model)
     ref_model.to(device).eval()
     chosen, rejected = [], []
     for start in range(0, len(dataset), batch_size):
@@ -184,7 +203,8 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return value
 
 
-def run_training(config: TrainConfig) -> TrainResult:
+def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
+    """Train as ``amapo train`` does; ``callbacks`` (transformers TrainerCallbacks) are added to the Trainer's."""
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     checkpoint = resume_checkpoint(config)
@@ -200,7 +220,11 @@ def run_training(config: TrainConfig) -> TrainResult:
         model_path = resolve_source(config.model_name_or_path)
 
     tokenizer = load_tokenizer(model_path, config)
-    train_dataset = prepare_split(config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets)
+    layout = batch_layout(config, model_path)
+    logger.info("batch layout: %s", layout)
+    train_dataset = prepare_split(
+        config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets, layout=layout
+    )
     eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets)
 
     model = load_model(model_path, config)
@@ -214,7 +238,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         ref_model = load_model(resolve_source(config.ref_model_name_or_path or model_path), config)
         ref_model.requires_grad_(False).eval()
     if ref_model is not None and config.precompute_ref_logps:
-        collator = PreferenceCollator(tokenizer.pad_token_id)
+        collator = PreferenceCollator(tokenizer.pad_token_id, layout=layout)
         compute = lambda ds: precompute_reference_logps(  # noqa: E731
             ref_model, ds, collator, config.per_device_eval_batch_size, config.device
         )
@@ -229,7 +253,9 @@ def run_training(config: TrainConfig) -> TrainResult:
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets or None,
-        data_collator=RowIndexCollator(PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns)),
+        data_collator=RowIndexCollator(
+            PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns, layout=layout)
+        ),
         processing_class=tokenizer,
         loss_fn=loss_fn,
         ref_model=ref_model,
@@ -244,6 +270,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     trainer.add_callback(NonFiniteStopCallback(guard))
     interrupt = InterruptCallback()
     trainer.add_callback(interrupt)
+    for callback in callbacks or ():
+        trainer.add_callback(callback)
 
     eval_before = trainer.evaluate() if eval_datasets else {}
     interrupt.install()

@@ -16,7 +16,7 @@ from transformers import Trainer
 
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
 from amapo.losses.stats import StepStatistics, all_gather_detached
-from amapo.train.logps import response_logps
+from amapo.train.logps import enable_response_logps, sequence_logps
 from amapo.train.reliability import NonFiniteGuard
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -70,6 +70,11 @@ class PreferenceTrainer(Trainer):
         **kwargs,
     ):
         self.nonfinite_guard = nonfinite_guard  # before super().__init__, which may create the optimizer
+        chunk_tokens = getattr(kwargs.get("args"), "lm_head_chunk_size", 0)
+        if kwargs.get("model") is not None:  # before the Trainer wraps it (DDP, FSDP, DeepSpeed)
+            enable_response_logps(kwargs["model"], chunk_tokens)
+        if ref_model is not None:
+            enable_response_logps(ref_model, chunk_tokens)
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn.to(self.args.device)
@@ -127,7 +132,7 @@ class PreferenceTrainer(Trainer):
     def pair_inputs(self, model, inputs: dict[str, torch.Tensor]) -> PreferenceInputs:
         """The loss's inputs for a collated batch: policy log-probs (one forward pass), reference, offsets."""
         logps, lengths = self.concatenated_logps(model, inputs)
-        n = logps.shape[0] // 2  # rows [0, n) are prompt + chosen, [n, 2n) prompt + rejected
+        n = logps.shape[0] // 2  # sequences [0, n) are prompt + chosen, [n, 2n) prompt + rejected
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         return PreferenceInputs(
             chosen_logps=logps[:n],
@@ -158,9 +163,8 @@ class PreferenceTrainer(Trainer):
 
     @staticmethod
     def concatenated_logps(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass over the [2B, T] batch of prompt+chosen and prompt+rejected rows."""
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        return response_logps(logits, inputs["input_ids"], inputs["response_mask"])
+        """One forward pass for the chosen and rejected sequences of all pairs (any collator layout)."""
+        return sequence_logps(model, inputs)
 
     def reference_logps(self, model, inputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Precomputed columns if the batch has them, else the frozen reference (or the adapter-free policy)."""
