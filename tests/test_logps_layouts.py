@@ -97,8 +97,8 @@ def test_a_wrapped_head_goes_through_the_module_with_the_same_numbers():
     torch.testing.assert_close(got, hidden.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_default_chunk_keeps_fp32_logits_under_256_mib():
-    assert chunk_size_for(128256) == 523 and 523 * 128256 * 4 <= 256 * 2**20 < 524 * 128256 * 4
+def test_default_chunk_keeps_fp32_logits_under_128_mib():
+    assert chunk_size_for(128256) == 261 and 261 * 128256 * 4 <= 128 * 2**20 < 262 * 128256 * 4
     assert chunk_size_for(32000, chunk_tokens=64) == 64
 
 

@@ -69,7 +69,7 @@ class TrainConfig(TrainingArguments):
     )
     lm_head_chunk_size: int = field(
         default=0,
-        metadata={"help": "Response tokens per LM-head chunk (0: as many as keep a chunk's fp32 logits <= 256 MiB)."},
+        metadata={"help": "Response tokens per LM-head chunk (0: as many as keep a chunk's fp32 logits <= 128 MiB)."},
     )
     chat_template: str | None = field(
         default=None, metadata={"help": "Chat template (Jinja string or .jinja path) overriding the tokenizer's."}

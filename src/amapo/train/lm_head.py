@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK_BYTES = 256 * 2**20  # fp32 logits per chunk; a chunk's working set is about 3x this
+DEFAULT_CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk (a chunk works in about 3x this); larger is no faster on CPU
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class LogitTransform:
 
 
 def chunk_size_for(vocab_size: int, chunk_tokens: int = 0) -> int:
-    """Tokens per chunk: ``chunk_tokens`` if set, else as many as keep one chunk's fp32 logits under 256 MiB."""
+    """Tokens per chunk: ``chunk_tokens`` if set, else as many as keep one chunk's fp32 logits under 128 MiB."""
     return chunk_tokens if chunk_tokens > 0 else max(1, DEFAULT_CHUNK_BYTES // (4 * max(vocab_size, 1)))
 
 

@@ -45,7 +45,7 @@ def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
 def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0) -> torch.nn.Module:
     """Let ``model(..., response_targets=ResponseTargets)`` return fp32 per-token log-probs [M] (idempotent).
 
-    ``chunk_tokens``: tokens per LM-head chunk; 0 = as many as keep a chunk's fp32 logits under 256 MiB.
+    ``chunk_tokens``: tokens per LM-head chunk; 0 = as many as keep a chunk's fp32 logits under 128 MiB.
     """
     lm = causal_lm_of(model)
     if getattr(lm, PATCH_MARK, None) is not None:
