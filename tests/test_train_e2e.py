@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from amapo.builtin import resolve_source
 from amapo.cli import main
 from amapo.losses import available_losses
 from amapo.train.parsing import parse_train_args
-from amapo.train.run import run_training
+from amapo.train.run import load_tokenizer, prepare_split, run_training
 
 
 def train(tmp_path: Path, *args: str):
@@ -287,3 +288,37 @@ def test_tensorboard_logging_and_activation_checkpointing(tmp_path):
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file written"
     assert torch.isfinite(torch.tensor(result.train_metrics["train_loss"]))
+
+
+def test_every_batch_layout_trains_to_the_same_weights(tmp_path):
+    """shared_prompt (the default here) and packed are speed-ups only: padded rows give the same training."""
+    args = ("--method", "amapo", "--learning_rate", "1e-2", "--optim", "sgd", "--max_grad_norm", "0", *SHORT)
+    runs = {layout: train(tmp_path / layout, *args, "--batch_layout", layout) for layout in ("padded", "shared_prompt")}
+    runs["packed"] = train(tmp_path / "packed", *args, "--batch_layout", "packed")
+    weights = {layout: final_weights(run.output_dir) for layout, run in runs.items()}
+    base = AutoModelForCausalLM.from_pretrained(resolve_source("builtin:tiny-llama")).state_dict()
+    assert max((value - base[k]).abs().max().item() for k, value in weights["padded"].items()) > 1e-4
+    for layout in ("shared_prompt", "packed"):
+        for key, value in weights["padded"].items():
+            torch.testing.assert_close(weights[layout][key], value, rtol=1e-4, atol=1e-6, msg=f"{layout} {key}")
+
+
+def test_training_batches_are_grouped_by_length_of_their_rows(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    recorded = []
+
+    class Recording(LengthGroupedSampler):
+        def __init__(self, *args, lengths=None, **kwargs):
+            recorded.append(list(lengths))
+            super().__init__(*args, lengths=lengths, **kwargs)
+
+    monkeypatch.setattr(transformers.trainer, "LengthGroupedSampler", Recording)
+    config = parse_train_args(["--config", "builtin", "--output_dir", str(tmp_path / "out"), *SHORT])
+    assert config.train_sampling_strategy == "group_by_length" and config.batch_layout == "auto"
+    run_training(config)
+    tokenizer = load_tokenizer(resolve_source(config.model_name_or_path), config)
+    pairs = prepare_split(config.dataset, config.train_split, tokenizer, config, needs_offsets=False)
+    rows = zip(*(pairs[f"{k}_input_ids"] for k in ("prompt", "chosen", "rejected")), strict=True)
+    train_lengths = [lengths for lengths in recorded if len(lengths) == len(pairs)]
+    assert train_lengths == [[len(p) + len(c) + len(r) for p, c, r in rows]]  # shared_prompt rows: P + C + R

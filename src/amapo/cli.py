@@ -23,6 +23,20 @@ def parse_dataclass(cls, argv: list[str], prog: str, description: str):
     return config
 
 
+def close_process_group(wait: bool) -> None:
+    """Tear down torch.distributed before exit: a gloo group left open sometimes aborted the process at exit
+    ("terminate called without an active exception") after a successful run.
+
+    ``wait``: first wait until every rank is done with the group (rank 0 may still be writing outputs).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -41,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             run_training(parse_train_args(rest))
         except TrainingInterrupted as stop:
             print(f"amapo: {stop}", file=sys.stderr)
+            close_process_group(wait=False)
             return 128 + stop.signum
+        close_process_group(wait=True)
     elif command == "eval":
         from amapo.evaluation.run import EvalConfig, run_eval
 

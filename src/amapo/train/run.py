@@ -154,14 +154,14 @@ def prepare_split(
     )
 
 
-def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool) -> dict:
+def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool, layout: str = "padded") -> dict:
     sets = {}
     if config.eval_split:
-        sets["eval"] = prepare_split(config.dataset, config.eval_split, tokenizer, config, needs_offsets)
+        sets["eval"] = prepare_split(config.dataset, config.eval_split, tokenizer, config, needs_offsets, layout=layout)
     for entry in config.eval_datasets:
         name, _, source = entry.partition("=")
         source, _, split = source.partition("@")
-        sets[name] = prepare_split(source, split or "train", tokenizer, config, needs_offsets)
+        sets[name] = prepare_split(source, split or "train", tokenizer, config, needs_offsets, layout=layout)
     return sets
 
 
@@ -225,7 +225,7 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     train_dataset = prepare_split(
         config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets, layout=layout
     )
-    eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets)
+    eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets, layout)
 
     model = load_model(model_path, config)
     if config.use_peft:
