@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from amapo.data.collator import PreferenceCollator, row_length
 from amapo.train.lm_head import LogitTransform, chunk_size_for, token_logps_from_hidden
 from amapo.train.logps import (
+    ResponseTargets,
     causal_lm_of,
     enable_response_logps,
     layout_for,
@@ -19,6 +20,7 @@ from amapo.train.logps import (
     sequence_logps,
     shared_prompt_mask,
 )
+from amapo.train.parsing import parse_train_args
 
 VOCAB = 97
 
@@ -139,18 +141,14 @@ def logps_and_grads(model, batch, fused: bool):
     if fused:
         logps, lengths = sequence_logps(model, batch)
     else:
-        targets = type("T", (), {"positions": batch["target_positions"], "ids": batch["target_ids"]})
+        targets = ResponseTargets(batch["target_positions"], batch["target_ids"])
         per_token = plain_token_logps(model, batch, targets)
-        logps = per_token.new_zeros(lengths_of(batch).shape[0]).index_add(0, batch["target_owner"], per_token)
-        lengths = lengths_of(batch).float()
+        lengths = batch["response_lengths"].float()
+        logps = per_token.new_zeros(lengths.shape[0]).index_add(0, batch["target_owner"], per_token)
     weights = torch.linspace(-1.0, 2.0, logps.shape[0])  # any upstream gradient, different per sequence
     (logps * weights).sum().backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return logps.detach(), lengths, grads
-
-
-def lengths_of(batch):
-    return batch["response_lengths"]
 
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
@@ -260,3 +258,7 @@ def test_row_lengths_and_layout_choice():
         layout_for("shared_prompt", "flash_attention_2", None, 1024)
     with pytest.raises(ValueError, match="layout must be one of"):
         PreferenceCollator(0, layout="ragged")
+    with pytest.raises(ValueError, match="batch_layout must be one of"):
+        parse_train_args(["--batch_layout", "ragged"])
+    with pytest.raises(ValueError, match="lm_head_chunk_size must be >= 0"):
+        parse_train_args(["--lm_head_chunk_size", "-1"])
