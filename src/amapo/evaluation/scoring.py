@@ -23,10 +23,8 @@ import torch
 
 from amapo.data import PreferenceCollator
 from amapo.losses import PreferenceInputs, PreferenceLoss
-from amapo.train.logps import enable_response_logps, layout_of_model
-from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer
-
-KINDS = ("prompt", "chosen", "rejected")
+from amapo.train.logps import enable_response_logps, layout_of_model, sequence_logps
+from amapo.train.trainer import REF_COLUMNS
 
 
 def slice_pairs(inputs: PreferenceInputs, start: int, stop: int) -> PreferenceInputs:
@@ -49,11 +47,7 @@ def compute_pair_logps(
     for scorer in (model, ref_model):
         if scorer is not None and hasattr(scorer, "get_output_embeddings"):  # a transformers causal LM
             enable_response_logps(scorer)
-    longest = max(
-        (len(p) + max(len(c), len(r)) for p, c, r in zip(*(dataset[f"{k}_input_ids"] for k in KINDS), strict=True)),
-        default=0,
-    )
-    layout = layout_of_model(layout, model, max_length=longest)
+    layout = layout_of_model(layout, model)
     has_offsets = "offset" in dataset.column_names
     has_ref_columns = all(c in dataset.column_names for c in REF_COLUMNS)
     extra = (["offset"] if has_offsets else []) + (list(REF_COLUMNS) if has_ref_columns else [])
@@ -62,7 +56,7 @@ def compute_pair_logps(
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logps, lengths = PreferenceTrainer.concatenated_logps(model, batch)
+        logps, lengths = sequence_logps(model, batch)
         n = logps.shape[0] // 2
         parts["chosen_logps"].append(logps[:n].cpu())
         parts["rejected_logps"].append(logps[n:].cpu())
@@ -72,7 +66,7 @@ def compute_pair_logps(
             parts["ref_chosen_logps"].append(batch["ref_chosen_logps"].cpu())
             parts["ref_rejected_logps"].append(batch["ref_rejected_logps"].cpu())
         elif ref_model is not None:
-            ref_logps, _ = PreferenceTrainer.concatenated_logps(ref_model.eval(), batch)
+            ref_logps, _ = sequence_logps(ref_model.eval(), batch)
             parts["ref_chosen_logps"].append(ref_logps[:n].cpu())
             parts["ref_rejected_logps"].append(ref_logps[n:].cpu())
         if has_offsets:

@@ -92,13 +92,17 @@ def layout_for(requested: str, attention: str | None, sliding_window: int | None
     return "shared_prompt" if masked and not windowed else "padded"
 
 
-def layout_of_model(requested: str, model: torch.nn.Module, max_length: int) -> str:
-    """``layout_for`` with the attention and sliding window read off a loaded model (padded if not a HF model)."""
+def layout_of_model(requested: str, model: torch.nn.Module) -> str:
+    """``layout_for`` with the attention and sliding window read off a loaded model (padded if not a HF model).
+
+    Sequence lengths are not known here, so any sliding window counts as shorter than a sequence.
+    """
     config = getattr(causal_lm_of(model), "config", None)
     if config is None:
         return "padded" if requested == "auto" else requested
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return layout_for(requested, config._attn_implementation, getattr(text, "sliding_window", None), max_length)
+    window = getattr(text, "sliding_window", None)
+    return layout_for(requested, config._attn_implementation, window, max_length=window + 1 if window else 0)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor | None]:

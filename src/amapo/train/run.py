@@ -18,7 +18,7 @@ from amapo.data.collator import row_length
 from amapo.data.invalid import describe
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback
 from amapo.train.config import TrainConfig
-from amapo.train.logps import enable_response_logps, layout_for
+from amapo.train.logps import enable_response_logps, layout_for, sequence_logps
 from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
@@ -181,7 +181,7 @@ def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, de
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logps, _ = PreferenceTrainer.concatenated_logps(ref_model, batch)
+        logps, _ = sequence_logps(ref_model, batch)
         n = logps.shape[0] // 2
         chosen.extend(logps[:n].tolist())
         rejected.extend(logps[n:].tolist())

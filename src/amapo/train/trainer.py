@@ -131,7 +131,7 @@ class PreferenceTrainer(Trainer):
 
     def pair_inputs(self, model, inputs: dict[str, torch.Tensor]) -> PreferenceInputs:
         """The loss's inputs for a collated batch: policy log-probs (one forward pass), reference, offsets."""
-        logps, lengths = self.concatenated_logps(model, inputs)
+        logps, lengths = sequence_logps(model, inputs)
         n = logps.shape[0] // 2  # sequences [0, n) are prompt + chosen, [n, 2n) prompt + rejected
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         return PreferenceInputs(
@@ -161,11 +161,6 @@ class PreferenceTrainer(Trainer):
         )
         return out, metrics
 
-    @staticmethod
-    def concatenated_logps(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass for the chosen and rejected sequences of all pairs (any collator layout)."""
-        return sequence_logps(model, inputs)
-
     def reference_logps(self, model, inputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Precomputed columns if the batch has them, else the frozen reference (or the adapter-free policy)."""
         if not self.loss_fn.needs_reference:
@@ -174,11 +169,11 @@ class PreferenceTrainer(Trainer):
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         with torch.no_grad():
             if self.ref_model is not None:
-                logps, _ = self.concatenated_logps(self.ref_model, inputs)
+                logps, _ = sequence_logps(self.ref_model, inputs)
             else:  # LoRA: the reference is the base model, i.e. the policy with its adapters switched off
                 unwrapped = self.accelerator.unwrap_model(model)
                 with unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else contextlib.nullcontext():
-                    logps, _ = self.concatenated_logps(model, inputs)
+                    logps, _ = sequence_logps(model, inputs)
         n = logps.shape[0] // 2
         return logps[:n], logps[n:]
 
