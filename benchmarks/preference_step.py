@@ -387,6 +387,8 @@ def build_amapo_config(a, method: str, output_dir: str, *, batch: int, max_steps
         max_prompt_length=a.max_len,
         overwrite_output_dir=True,
         torch_dtype="bfloat16" if cuda else "float32",
+        # the step's speed in bf16 weights, as the TRL and Liger workers run; no optimizer-precision claim is made
+        allow_low_precision_weights=cuda,
     )
     if method == "simpo":
         kwargs.update(beta=SIMPO_BETA, gamma_beta_ratio=SIMPO_GAMMA / SIMPO_BETA)

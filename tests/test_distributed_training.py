@@ -89,3 +89,30 @@ def test_optimizer_step_statistics_span_ranks_and_accumulation(tmp_path, one_pro
                  "--margin_stats", "optimizer_step")  # fmt: skip
     assert all(log["batch/pairs"] == 8 for log in train_logs(ddp))
     assert_same_weights(ddp, one_process_batch_of_8)
+
+
+@pytest.mark.parametrize(
+    "per_device,steps,pool",
+    [(2, 2, 4), (1, 4, 4), (2, 2, 8)],
+    ids=["pools-across-ranks", "pools-across-ranks-and-micro-batches", "one-pool-per-step"],
+)
+def test_margin_pools_do_not_depend_on_how_the_step_is_held(tmp_path, per_device, steps, pool, one_process_batch_of_8):
+    """--margin_pool_size N on 2 processes x ``per_device`` pairs x ``steps`` accumulation steps gives the
+    statistics and weights of one process holding the same 8-pair step as ``per_device`` x 2 * ``steps``: pools
+    of N pairs in the order the sampler drew them, through an all-gather (N = 4 = 2 x 2), the statistics pre-pass
+    over the whole step (1 x 4: a pool spans both ranks and two micro-batches), or one pool per step (N = 8)."""
+    ddp = launch(tmp_path / "ddp", 2, "--per_device_train_batch_size", str(per_device),
+                 "--gradient_accumulation_steps", str(steps), "--margin_pool_size", str(pool))  # fmt: skip
+    single = launch(tmp_path / "single", 1, "--per_device_train_batch_size", str(per_device),
+                    "--gradient_accumulation_steps", str(2 * steps), "--margin_pool_size", str(pool))  # fmt: skip
+    for a, b in zip(train_logs(ddp), train_logs(single), strict=True):
+        assert a["batch/pairs"] == b["batch/pairs"] == pool
+        assert a["batch/mu"] == pytest.approx(b["batch/mu"], abs=1e-6)
+        assert a["batch/sigma"] == pytest.approx(b["batch/sigma"], abs=1e-6)
+        assert a["margin/mean"] == pytest.approx(b["margin/mean"], abs=1e-6)
+    assert_same_weights(ddp, single)
+    if pool == 8:
+        assert_same_weights(ddp, one_process_batch_of_8)  # = statistics over one batch of 8
+    else:  # and the pools matter: statistics over the whole step of 8 give other weights
+        wa, wb = weights(ddp), weights(one_process_batch_of_8)
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) > 1e-5

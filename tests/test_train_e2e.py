@@ -314,11 +314,41 @@ def test_training_batches_are_grouped_by_length_of_their_rows(tmp_path, monkeypa
             super().__init__(*args, lengths=lengths, **kwargs)
 
     monkeypatch.setattr(transformers.trainer, "LengthGroupedSampler", Recording)
-    config = parse_train_args(["--config", "builtin", "--output_dir", str(tmp_path / "out"), *SHORT])
-    assert config.train_sampling_strategy == "group_by_length" and config.batch_layout == "auto"
+    assert parse_train_args(["--config", "builtin"]).train_sampling_strategy == "random"  # the default, as TRL's
+    config = parse_train_args(
+        ["--config", "builtin", "--output_dir", str(tmp_path / "out"), "--train_sampling_strategy", "group_by_length",
+         *SHORT]
+    )  # fmt: skip
+    assert config.batch_layout == "auto"
     run_training(config)
     tokenizer = load_tokenizer(resolve_source(config.model_name_or_path), config)
     pairs = prepare_split(config.dataset, config.train_split, tokenizer, config, needs_offsets=False)
     rows = zip(*(pairs[f"{k}_input_ids"] for k in ("prompt", "chosen", "rejected")), strict=True)
     train_lengths = [lengths for lengths in recorded if len(lengths) == len(pairs)]
     assert train_lengths == [[len(p) + len(c) + len(r) for p, c, r in rows]]  # shared_prompt rows: P + C + R
+
+
+def test_pairs_are_drawn_in_the_releases_order(tmp_path, monkeypatch):
+    """--dataset_shuffle_seed 42 with the default random sampler and seed 42 draws the pairs in the order AMaPO's
+    release drew them: datasets' Dataset.shuffle(seed=42) (alignment-handbook's loader), then torch.randperm with
+    a generator seeded 42 (accelerate's SeedableRandomSampler, which the Trainer uses)."""
+    import numpy as np
+
+    from amapo.data import load_preference_dataset
+    from amapo.train.trainer import PreferenceTrainer
+
+    drawn = []
+    compute_loss = PreferenceTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        if model.training:
+            drawn.extend(inputs["row_index"].tolist())
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(PreferenceTrainer, "compute_loss", recording)
+    train(tmp_path, "--dataset_shuffle_seed", "42", "--max_steps", "3", "--per_device_train_batch_size", "4",
+          "--eval_datasets", "none", "--logging_steps", "1")  # fmt: skip
+    rows = len(load_preference_dataset(resolve_source("builtin:reverse"), split="train"))
+    handbook_order = np.random.default_rng(42).permutation(rows)
+    sampler_order = torch.randperm(rows, generator=torch.Generator().manual_seed(42))
+    assert drawn == [int(handbook_order[i]) for i in sampler_order[:12]]

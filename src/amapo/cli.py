@@ -14,6 +14,8 @@ import sys
 
 from transformers import HfArgumentParser
 
+from amapo.errors import UserError
+
 COMMANDS = ("train", "eval", "analyze", "compare")
 
 
@@ -39,6 +41,16 @@ def close_process_group(wait: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run_command(argv)
+    except UserError as err:  # the user's to fix: one line, no traceback (a bug keeps its traceback)
+        command = argv[0] if argv else ""
+        print(f"amapo {command}: error: {err}", file=sys.stderr)
+        close_process_group(wait=False)
+        return 2
+
+
+def run_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from amapo.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A preference row (or dataset) that amapo cannot use.
 
     ``row`` is the row's index in the dataset being converted or tokenized (for a sliced split such as

@@ -18,6 +18,9 @@ tokenizer's BOS too, and the duplicate is dropped. BOS later in a prompt is left
 rendered or pre-rendered, opens every user turn with BOS); BOS in a response, which no template writes there,
 raises DataError (the text holds the BOS text, e.g. an HTML "<s>" under Llama's tokenizer). Then
 ``truncation``.
+
+``rendering="handbook"`` instead builds the token sequences of AMaPO's and SimPO's released trainers
+(alignment-handbook's rendering, their BOS / EOS and truncation rules): ``amapo.data.handbook``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import datasets
 
+from amapo.data import handbook
 from amapo.data.caching import SOURCE_DIGEST
 from amapo.data.chat import render_pair, resolve_chat_template
 from amapo.data.errors import DataError
@@ -38,6 +42,7 @@ from amapo.data.truncation import check_truncation_options, truncate_pair
 logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+CHAT_RENDERINGS = ("amapo", "handbook")
 _SEAM_COLUMN = "_seam_fallbacks"  # internal: counted by tokenize_dataset, then dropped
 
 
@@ -74,13 +79,19 @@ def _check_no_bos_in_responses(responses: dict[str, list[int]], bos: int | None,
             raise DataError("holds the BOS token (the text contains the BOS text)", row, field)
 
 
-def encode_pair(row: dict, tokenizer, *, chat_template: str | None, row_index: int | None) -> tuple[dict, int]:
+def encode_pair(
+    row: dict, tokenizer, *, chat_template: str | None, row_index: int | None, rendering: str = "amapo"
+) -> tuple[dict, int]:
     """(``tokenize_pair``'s ids before truncation, the number of responses that needed the seam fallback)."""
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no EOS token: set tokenizer.eos_token")
     prompt, chosen, rejected = standardize_pair(
         row.get("prompt", MISSING), row.get("chosen", MISSING), row.get("rejected", MISSING), row=row_index
     )
+    if rendering == "handbook":
+        template = None if isinstance(prompt, str) else resolve_chat_template(tokenizer, chat_template)
+        responses = {"chosen": chosen, "rejected": rejected}
+        return handbook.encode_pair(tokenizer, prompt, responses, template, row=row_index)
     if isinstance(prompt, str):
         prompt_text, response_texts, special = prompt, {"chosen": chosen, "rejected": rejected}, True
     else:
@@ -121,6 +132,7 @@ def tokenize_pair(
     truncation_mode: str = "keep_end",
     chat_template: str | None = None,
     row_index: int | None = None,
+    rendering: str = "amapo",
 ) -> dict[str, Any]:
     """One standard-form pair as ``prompt_input_ids`` / ``chosen_input_ids`` / ``rejected_input_ids`` and
     ``prompt_truncated`` / ``chosen_truncated`` / ``rejected_truncated`` (rules in the module docstrings).
@@ -128,11 +140,28 @@ def tokenize_pair(
     The response ids are the response tokens only; the model reads ``prompt_input_ids + chosen_input_ids``.
     """
     check_truncation_options(max_length, max_prompt_length, truncation_mode)
-    ids, _ = encode_pair(row, tokenizer, chat_template=chat_template, row_index=row_index)
-    return _truncate(ids, tokenizer, max_length, max_prompt_length, truncation_mode, row_index)
+    check_rendering(rendering)
+    ids, _ = encode_pair(row, tokenizer, chat_template=chat_template, row_index=row_index, rendering=rendering)
+    return _truncate(ids, tokenizer, max_length, max_prompt_length, truncation_mode, row_index, rendering)
 
 
-def _truncate(ids: dict, tokenizer, max_length: int, max_prompt_length: int, mode: str, row: int | None) -> dict:
+def check_rendering(rendering: str) -> None:
+    if rendering not in CHAT_RENDERINGS:
+        raise ValueError(f"chat_rendering must be one of {CHAT_RENDERINGS}, got {rendering!r}")
+
+
+def _truncate(
+    ids: dict, tokenizer, max_length: int, max_prompt_length: int, mode: str, row: int | None, rendering: str
+) -> dict:
+    if rendering == "handbook":
+        return handbook.truncate_pair(
+            ids["prompt_input_ids"],
+            ids["chosen_input_ids"],
+            ids["rejected_input_ids"],
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            truncation_mode=mode,
+        )
     return truncate_pair(
         ids["prompt_input_ids"],
         ids["chosen_input_ids"],
@@ -156,6 +185,7 @@ def tokenize_dataset(
     num_proc: int | None = None,
     drop_invalid: bool = False,
     dropped: Counter | None = None,
+    rendering: str = "amapo",
 ) -> datasets.Dataset:
     """``tokenize_pair`` over every row (errors name the row index); the text columns are dropped, the
     passthrough columns (e.g. ``offset``, ``ref_chosen_logps``) kept. Logs one warning when the seam fallback
@@ -163,6 +193,7 @@ def tokenize_dataset(
     tokenized (e.g. a response emptied by truncation) are dropped and counted per reason into ``dropped``.
     """
     check_truncation_options(max_length, max_prompt_length, truncation_mode)
+    check_rendering(rendering)
     missing = [name for name in ("chosen", "rejected") if name not in dataset.column_names]
     if missing:
         raise DataError(f"no column {missing}: convert the dataset with load_preference_dataset first")
@@ -172,8 +203,8 @@ def tokenize_dataset(
         chat_template = resolve_chat_template(tokenizer, chat_template)  # fail once, before any row; read a file once
 
     def tokenize_row(row: dict, index: int, code_version: str) -> dict:
-        ids, fallbacks = encode_pair(row, tokenizer, chat_template=chat_template, row_index=index)
-        out = _truncate(ids, tokenizer, max_length, max_prompt_length, truncation_mode, index)
+        ids, fallbacks = encode_pair(row, tokenizer, chat_template=chat_template, row_index=index, rendering=rendering)
+        out = _truncate(ids, tokenizer, max_length, max_prompt_length, truncation_mode, index, rendering)
         out[_SEAM_COLUMN] = fallbacks
         return out
 
@@ -194,9 +225,12 @@ def tokenize_dataset(
     if seam_rows:
         logger.warning(
             "%d of %d rows: the prompt tokens were not a prefix of prompt+response tokens (a merge across the seam); "
-            "their responses were tokenized alone and appended",
+            "%s",
             seam_rows,
             len(tokenized),
+            "the other response starts with the prompt's last token (amapo.data.handbook)"
+            if rendering == "handbook"
+            else "their responses were tokenized alone and appended",
         )
     for field in TEXT_COLUMNS:
         count = sum(tokenized[f"{field}_truncated"])

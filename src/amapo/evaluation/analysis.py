@@ -65,6 +65,7 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
         max_length=config.max_length or trained.get("max_length", 1024),
         max_prompt_length=config.max_prompt_length or trained.get("max_prompt_length", 512),
         truncation_mode=trained.get("truncation_mode", "keep_end"),
+        rendering=trained.get("chat_rendering", "amapo"),
     )
     logps = compute_pair_logps(
         model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, ref_model=ref_model

@@ -17,6 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
 from amapo.data import load_preference_dataset, tokenize_dataset
+from amapo.data.tokenization import CHAT_RENDERINGS
+from amapo.errors import UserError
 from amapo.evaluation.generation import generate_responses, write_alpacaeval
 from amapo.evaluation.plots import plot_margin_histograms
 from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_with_loss
@@ -47,6 +49,9 @@ class EvalConfig:
     max_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 1024."})
     max_prompt_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 512."})
     truncation_mode: str | None = field(default=None, metadata={"help": "Default: the training run's, else keep_end."})
+    chat_rendering: str | None = field(
+        default=None, metadata={"help": "amapo or handbook (as in training). Default: the training run's, else amapo."}
+    )
     column_mapping: str | None = field(default=None, metadata={"help": "JSON column mapping, as for training."})
     generate: bool = field(default=False, metadata={"help": "Also sample answers to each set's prompts."})
     max_generations: int = field(default=256, metadata={"help": "Prompts to answer per set."})
@@ -56,6 +61,9 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
 
     def __post_init__(self) -> None:
+        if self.chat_rendering not in (None, *CHAT_RENDERINGS):
+            choices = ", ".join(CHAT_RENDERINGS)
+            raise UserError(f"--chat_rendering must be one of {choices}, got {self.chat_rendering!r}")
         for entry in self.datasets:
             if "=" not in entry:
                 raise ValueError(f"datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
@@ -136,6 +144,7 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
         "max_length": config.max_length or trained.get("max_length", 1024),
         "max_prompt_length": config.max_prompt_length or trained.get("max_prompt_length", 512),
         "truncation_mode": config.truncation_mode or trained.get("truncation_mode", "keep_end"),
+        "rendering": config.chat_rendering or trained.get("chat_rendering", "amapo"),  # the tokens it was trained on
     }
     mapping = json.loads(config.column_mapping) if config.column_mapping else None
     results: dict[str, dict[str, float]] = {}

@@ -12,7 +12,7 @@ from amapo.losses.amapo import AMaPOLoss, AMaPOReleasedLoss, capped_exp_margin
 from amapo.losses.base import LossOutput, Margin, PreferenceInputs, PreferenceLoss
 from amapo.losses.methods import AlphaDPOLoss, CPOLoss, DPOLoss, FocalPOLoss, IPOLoss, ODPOLoss, SimPOLoss
 from amapo.losses.registry import LossSpec, available_losses, build_loss, loss_spec, register_loss
-from amapo.losses.stats import BatchStats, all_gather_detached, batch_stats
+from amapo.losses.stats import BatchStats, PoolGather, StepStatistics, all_gather_detached, batch_stats
 
 __all__ = [
     "AMaPOLoss",
@@ -27,9 +27,11 @@ __all__ = [
     "LossSpec",
     "Margin",
     "ODPOLoss",
+    "PoolGather",
     "PreferenceInputs",
     "PreferenceLoss",
     "SimPOLoss",
+    "StepStatistics",
     "all_gather_detached",
     "available_losses",
     "batch_stats",

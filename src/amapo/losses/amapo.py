@@ -24,11 +24,14 @@ Choices where the paper is open, shared by both forms:
 
 * sigma is the unbiased standard deviation (``torch.std`` in the release);
 * a one-pair batch, or a batch whose scores are all equal (sigma = 0), has no spread, so z = 0 for every
-  pair: the margin is 0 and the loss is -log sigmoid(r) (the release gives NaN / inf there);
+  pair: the margin is 0 and the loss is -log sigmoid(r). The release computes sigma = NaN (one pair) or 0
+  there, but every d then equals mu, so its gate ``d < mu`` is false and its ``torch.where`` picks the zero
+  margin too: the same finite loss;
 * the exponent is capped where exp would overflow (``capped_exp_margin``), which never changes a gradient by
   more than e^-30;
 * the statistics are taken over the batch that ``gather`` defines (``amapo.losses.stats``): by default this
-  micro-batch; the release gathers every GPU's micro-batch.
+  micro-batch; the release gathers every GPU's micro-batch (4 GPUs: pools of 4 x 2 = 8 pairs, or 4 x 1 for
+  Llama-3-Base), which ``PoolGather`` (``--margin_pool_size``) reproduces on any number of GPUs.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class AMaPOLoss(PreferenceLoss):
     """
 
     length_normalized = True
+    margin_from_pool_statistics = True
 
     def __init__(
         self,
@@ -120,12 +124,14 @@ class AMaPOReleasedLoss(PreferenceLoss):
         margin = beta * exp(((mu - d) / sigma) * mu) if d < mu else 0   (stop-gradient)
         L      = -(1 - eps) log sigmoid(beta*d - margin) - eps log sigmoid(-(beta*d - margin))
 
-    plus ``nll_weight`` (the release's ``sft_weight``), 0 by default like ``label_smoothing``. Guards the
-    release lacks: sigma = 0 and one-pair batches give margin 0, and the exponent is capped before overflow.
+    plus ``nll_weight`` (the release's ``sft_weight``), 0 by default like ``label_smoothing``. One-pair pools and
+    sigma = 0 give margin 0, as in the release (its gate is false there); the one guard it lacks is the cap on
+    the exponent before exp overflows.
     ``batch_mean`` / ``batch_std`` are reported in reward units (beta * mu, beta * sigma), like ``amapo``'s.
     """
 
     length_normalized = True
+    margin_from_pool_statistics = True
 
     def __init__(
         self, beta: float = 2.0, label_smoothing: float = 0.0, nll_weight: float = 0.0, gather: GatherFn | None = None

@@ -99,7 +99,7 @@ class Margin:
     values: torch.Tensor
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
-    count: int | None = None
+    count: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,10 @@ class LossOutput:
         grad_weights: |dL_i / dr_i| = |link'(r - gamma)|, the per-pair gradient weight of the paper's
             gradient-dynamics analysis (per pair, before the 1/batch of the mean).
         ranked_correctly: r > 0, the chosen response has the higher implicit reward.
-        batch_mean / batch_std: the statistics adaptive margins were taken from (None for fixed margins).
-        batch_count: how many pairs those statistics pooled (the micro-batch, all ranks, or the whole step).
+        batch_mean / batch_std: the statistics adaptive margins were taken from (None for fixed margins): 0-D
+            when the batch shares one pool, else each pair's pool's.
+        batch_count: how many pairs those statistics pooled (the micro-batch, all ranks, the whole step, or a
+            pool of ``margin_pool_size`` pairs).
     """
 
     loss: torch.Tensor
@@ -129,7 +131,7 @@ class LossOutput:
     ranked_correctly: torch.Tensor
     batch_mean: torch.Tensor | None = None
     batch_std: torch.Tensor | None = None
-    batch_count: int | None = None
+    batch_count: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """Batch means under TRL's metric names, plus amapo's margin and gradient-weight metrics."""
@@ -146,9 +148,9 @@ class LossOutput:
         for name, mask in (("correct", self.ranked_correctly), ("incorrect", ~self.ranked_correctly)):
             if mask.any():
                 out[f"grad_weight/{name}"] = self.grad_weights[mask].mean().item()
-        if self.batch_mean is not None:
-            out["batch/mu"] = self.batch_mean.item()
-            out["batch/sigma"] = self.batch_std.item()
+        if self.batch_mean is not None:  # pools: the mean over this batch's pairs of their pool's statistics
+            out["batch/mu"] = self.batch_mean.mean().item()
+            out["batch/sigma"] = self.batch_std.mean().item()
         if self.batch_count is not None:
             out["batch/pairs"] = float(self.batch_count)
         return out
@@ -186,6 +188,9 @@ class PreferenceLoss(nn.Module):
     needs_reference: ClassVar[bool] = False
     needs_offsets: ClassVar[bool] = False
     length_normalized: ClassVar[bool] = False
+    # The margin of each pair comes from the mean and std of its pool (``amapo.losses.stats``), so the pool can be
+    # chosen per pair (``margin_pool_size``); alpha-DPO's running statistics are not of this kind.
+    margin_from_pool_statistics: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -13,6 +13,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 from amapo.data.collator import LAYOUTS
+from amapo.data.tokenization import CHAT_RENDERINGS
+from amapo.errors import UserError
 from amapo.losses import build_loss, loss_spec
 from amapo.losses.base import PreferenceLoss
 
@@ -31,6 +33,7 @@ LOSS_OPTIONS = (
     "zero_margin",
 )
 MARGIN_STATS = ("micro_batch", "all_ranks", "optimizer_step")
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 BATCH_LAYOUTS = ("auto", *LAYOUTS)
 
 
@@ -52,8 +55,24 @@ class TrainConfig(TrainingArguments):
         default=False,
         metadata={"help": "Compute reference log-probs once before training, then free the reference model."},
     )
-    torch_dtype: str = field(
-        default="auto", metadata={"help": "Weights dtype when loading: auto, float32, bfloat16 or float16."}
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights dtype when loading: float32, bfloat16, float16 or auto (the checkpoint's). Default: "
+            "float32 when every weight is trained (AdamW's updates need an fp32 copy; add --bf16 true for bf16 "
+            "compute), auto with LoRA."
+        },
+    )
+    allow_low_precision_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Train every weight stored in bf16/fp16 without an fp32 master copy (refused otherwise: small "
+            "updates round away). DeepSpeed keeps fp32 master weights and needs no opt-in."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Set the model's dropout to 0 (as TRL and AMaPO's release do); LoRA dropout is kept."},
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2 (default: transformers')."}
@@ -74,6 +93,15 @@ class TrainConfig(TrainingArguments):
     chat_template: str | None = field(
         default=None, metadata={"help": "Chat template (Jinja string or .jinja path) overriding the tokenizer's."}
     )
+    chat_rendering: str = field(
+        default="amapo",
+        metadata={
+            "help": "How pairs become tokens: amapo (the prompt with the generation prompt, the response is the "
+            "answer, EOS ends it) or handbook (alignment-handbook's, as AMaPO's and SimPO's released trainers: the "
+            "assistant header is part of the response, an empty system message where the template has one, EOS "
+            "appended, their truncation rule)."
+        },
+    )
     # --- LoRA -------------------------------------------------------------------------------------------------
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -92,6 +120,14 @@ class TrainConfig(TrainingArguments):
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     train_split: str = field(default="train", metadata={"help": "Training split, slicing allowed: 'train[:90%%]'."})
+    dataset_shuffle_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shuffle the rows of `dataset`'s train and eval splits once, before training, with datasets' "
+            "Dataset.shuffle(seed): alignment-handbook's loader (AMaPO's and SimPO's releases) does so with seed 42, "
+            "and their random sampler then drew from that order. Default: the file's order."
+        },
+    )
     eval_split: str | None = field(
         default=None, metadata={"help": "Split of `dataset` to evaluate on, e.g. 'test' or 'train[90%%:]'."}
     )
@@ -126,12 +162,20 @@ class TrainConfig(TrainingArguments):
     znorm: bool | None = field(default=None, metadata={"help": "AMaPO: Z-normalize the margin (ablation: false)."})
     exp_scaling: bool | None = field(default=None, metadata={"help": "AMaPO: exponential scaling (ablation: false)."})
     zero_margin: bool | None = field(default=None, metadata={"help": "AMaPO: zero margin for pairs ranked right."})
-    margin_stats: str = field(
-        default="micro_batch",
+    margin_stats: str | None = field(
+        default=None,
         metadata={
-            "help": "Batch over which adaptive margins take mu/sigma: micro_batch (this device's), all_ranks (every "
-            "data-parallel rank's micro-batch, all-gathered) or optimizer_step (all ranks and all accumulation "
-            "micro-batches: one extra no-grad forward per step)."
+            "help": "Batch over which adaptive margins take mu/sigma: micro_batch (this device's; the default), "
+            "all_ranks (every data-parallel rank's micro-batch, all-gathered) or optimizer_step (all ranks and all "
+            "accumulation micro-batches: one extra no-grad forward per step). See also margin_pool_size."
+        },
+    )
+    margin_pool_size: int = field(
+        default=0,
+        metadata={
+            "help": "Take adaptive margins' mu/sigma over pools of exactly N pairs of the optimizer step, in the "
+            "order the sampler drew them, however many processes and accumulation steps hold it (N must divide "
+            "processes x per-device batch x accumulation steps). 0: off (margin_stats decides)."
         },
     )
     # --- reliability ------------------------------------------------------------------------------------------
@@ -168,44 +212,99 @@ class TrainConfig(TrainingArguments):
         default=False, metadata={"help": "Keep dataset columns (the collator needs them)."}
     )
     train_sampling_strategy: str = field(
-        default="group_by_length",
+        default="random",
         metadata={
-            "help": "Training sampler: group_by_length (default: batches of similar length, little padding), "
-            "random, sequential or batch_rebalance."
+            "help": "Training sampler: random (default, as TRL and AMaPO's release), sequential, group_by_length "
+            "(batches of similar length: less padding, but AMaPO's statistics then pool length-matched pairs) or "
+            "batch_rebalance."
         },
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.truncation_mode not in ("keep_end", "keep_start"):
-            raise ValueError(f"truncation_mode must be keep_end or keep_start, got {self.truncation_mode!r}")
+            raise UserError(f"--truncation_mode must be keep_end or keep_start, got {self.truncation_mode!r}")
         if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(
-                f"need 0 < max_prompt_length < max_length, got max_prompt_length={self.max_prompt_length}, "
+            raise UserError(
+                f"need 0 < --max_prompt_length < --max_length, got max_prompt_length={self.max_prompt_length}, "
                 f"max_length={self.max_length}"
             )
         if self.max_nonfinite_steps < 0:
-            raise ValueError(f"max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
+            raise UserError(f"--max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
         if self.batch_layout not in BATCH_LAYOUTS:
-            raise ValueError(f"batch_layout must be one of {', '.join(BATCH_LAYOUTS)}, got {self.batch_layout!r}")
+            raise UserError(f"--batch_layout must be one of {', '.join(BATCH_LAYOUTS)}, got {self.batch_layout!r}")
         if self.lm_head_chunk_size < 0:
-            raise ValueError(f"lm_head_chunk_size must be >= 0, got {self.lm_head_chunk_size}")
-        if self.margin_stats not in MARGIN_STATS:
-            raise ValueError(f"margin_stats must be one of {MARGIN_STATS}, got {self.margin_stats!r}")
-        loss_spec(self.method)  # unknown method: a clear error listing the known ones
-        self.loss_options()  # an option the method does not take: a clear error now, not after loading a model
+            raise UserError(f"--lm_head_chunk_size must be >= 0, got {self.lm_head_chunk_size}")
+        if self.chat_rendering not in CHAT_RENDERINGS:
+            choices = ", ".join(CHAT_RENDERINGS)
+            raise UserError(f"--chat_rendering must be one of {choices}, got {self.chat_rendering!r}")
+        if self.torch_dtype not in (None, *TORCH_DTYPES):
+            raise UserError(f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
+        try:
+            loss_spec(self.method)  # unknown method: a clear error listing the known ones
+        except ValueError as err:
+            raise UserError(f"--method: {err}") from None
+        self.build_loss()  # an option the method does not take, or a bad value: a clear error now, not after loading
+        self.margin_pool()  # a pool size that cannot work: a clear error now
         if isinstance(self.column_mapping, str):
             try:
                 parsed = json.loads(self.column_mapping)
             except json.JSONDecodeError as e:
-                raise ValueError(f"column_mapping must be a JSON object: {e}") from None
+                raise UserError(f"--column_mapping must be a JSON object: {e}") from None
             if not isinstance(parsed, dict):
-                raise ValueError("column_mapping must be a JSON object mapping standard names to columns")
+                raise UserError("--column_mapping must be a JSON object mapping standard names to columns")
         if self.eval_datasets == ["none"]:
             self.eval_datasets = []
         for entry in self.eval_datasets:
             if "=" not in entry:
-                raise ValueError(f"eval_datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
+                raise UserError(f"--eval_datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
+
+    def margin_pool(self) -> tuple[str, int | None]:
+        """(which batch the loss's statistics see, the pool size cut from it or None for all of it).
+
+        ``margin_pool_size`` N picks the smallest batch that holds whole pools: this micro-batch when N divides
+        the per-device batch, every rank's micro-batch when N divides processes x per-device batch, else the
+        whole optimizer step (one extra no-grad forward per step), which N must divide.
+        """
+        if self.margin_stats is not None and self.margin_stats not in MARGIN_STATS:
+            raise UserError(f"--margin_stats must be one of {', '.join(MARGIN_STATS)}, got {self.margin_stats!r}")
+        size = self.margin_pool_size
+        if size == 0:
+            return self.margin_stats or "micro_batch", None
+        if size < 0:
+            raise UserError(f"--margin_pool_size must be >= 1 (or 0: off), got {size}")
+        if self.margin_stats is not None:
+            raise UserError(
+                f"--margin_stats {self.margin_stats} and --margin_pool_size {size} both choose the pairs AMaPO's "
+                "statistics pool: give one of them"
+            )
+        if not loss_spec(self.method).cls.margin_from_pool_statistics:
+            raise UserError(
+                f"--margin_pool_size applies to margins taken from batch statistics (amapo, amapo-released and "
+                f"the ablations); method {self.method!r} has none"
+            )
+        processes, per_device = self.world_size, self.per_device_train_batch_size
+        steps = self.gradient_accumulation_steps
+        for scope, held in (("micro_batch", per_device), ("all_ranks", processes * per_device)):
+            if held % size == 0:
+                return scope, (None if held == size else size)
+        total = processes * per_device * steps
+        if total % size:
+            divisors = [d for d in range(1, total + 1) if total % d == 0]
+            plural = lambda n, word: f"{n} {word}" + ("es" if word.endswith("s") else "s") * (n != 1)  # noqa: E731
+            raise UserError(
+                f"--margin_pool_size {size} does not divide the {total} pairs of an optimizer step "
+                f"({plural(processes, 'process')} x {plural(per_device, 'pair')} x "
+                f"{plural(steps, 'accumulation step')}); use one of {divisors}, or change the batch size or "
+                "accumulation steps"
+            )
+        return "optimizer_step", (None if total == size else size)
+
+    def load_dtype(self) -> str:
+        """The dtype the weights are loaded in (``torch_dtype``, or its default for full training vs LoRA)."""
+        if self.torch_dtype is not None:
+            return self.torch_dtype
+        return "auto" if self.use_peft else "float32"
 
     def column_mapping_dict(self) -> dict[str, str] | None:
         if self.column_mapping is None or isinstance(self.column_mapping, dict):
@@ -218,7 +317,7 @@ class TrainConfig(TrainingArguments):
         accepted = set(loss_spec(self.method).defaults())
         unknown = sorted(set(chosen) - accepted)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"option {', '.join('--' + u for u in unknown)} does not apply to method {self.method!r}; "
                 f"it takes: {', '.join(sorted(accepted))}"
             )
@@ -226,7 +325,11 @@ class TrainConfig(TrainingArguments):
 
     def build_loss(self) -> PreferenceLoss:
         """The loss with this run's options; which batch its statistics pool is wired by the trainer."""
-        return build_loss(self.method, **self.loss_options())
+        options = self.loss_options()
+        try:
+            return build_loss(self.method, **options)
+        except ValueError as err:  # a value the loss refuses, e.g. beta <= 0
+            raise UserError(f"method {self.method!r}: {err}") from None
 
     def resolved_loss_options(self) -> dict[str, Any]:
         """Every option of the method, defaults included: what the run really used."""

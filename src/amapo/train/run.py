@@ -16,9 +16,11 @@ from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
 from amapo.data.collator import row_length
 from amapo.data.invalid import describe
+from amapo.errors import UserError
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback
 from amapo.train.config import TrainConfig
 from amapo.train.logps import enable_response_logps, layout_for, sequence_logps
+from amapo.train.precision import check_trained_weights, check_weight_dtype
 from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
@@ -72,12 +74,20 @@ def load_tokenizer(path: str, config: TrainConfig):
 
 
 def load_model(path: str, config: TrainConfig):
-    dtype = config.torch_dtype if config.torch_dtype == "auto" else getattr(torch, config.torch_dtype)
+    dtype = config.load_dtype()
+    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     # safetensors only: a pickled .bin checkpoint can run code when loaded
     kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code, "use_safetensors": True}
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def disable_dropout(model) -> None:
+    """Dropout off (as TRL's and AMaPO's trainers do): a statistics pre-pass and the step then see the same scores."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def apply_lora(model, config: TrainConfig):
@@ -140,6 +150,7 @@ def prepare_split(
             num_proc=config.dataset_num_proc,
             drop_invalid=config.drop_invalid_rows,
             dropped=dropped,
+            rendering=config.chat_rendering,
         )
     if dropped:
         print(f"amapo: {source}@{split}: dropped {sum(dropped.values())} invalid rows: {describe(dropped)}")
@@ -154,10 +165,16 @@ def prepare_split(
     )
 
 
+def shuffled(dataset, seed: int | None):
+    """``dataset`` in the order ``Dataset.shuffle(seed)`` gives (rows keep their ``row_index``), or as it is."""
+    return dataset if seed is None else dataset.shuffle(seed=seed).flatten_indices()
+
+
 def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool, layout: str = "padded") -> dict:
     sets = {}
     if config.eval_split:
-        sets["eval"] = prepare_split(config.dataset, config.eval_split, tokenizer, config, needs_offsets, layout=layout)
+        split = prepare_split(config.dataset, config.eval_split, tokenizer, config, needs_offsets, layout=layout)
+        sets["eval"] = shuffled(split, config.dataset_shuffle_seed)
     for entry in config.eval_datasets:
         name, _, source = entry.partition("=")
         source, _, split = source.partition("@")
@@ -165,9 +182,8 @@ def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool, layout: str
     return sets
 
 
-def batch_layout(config: TrainConfig, model_path: str) -> str:
+def batch_layout(config: TrainConfig, model_config) -> str:
     """The collator layout for this run (``--batch_layout``; auto: what the model's attention computes fastest)."""
-    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
     window = getattr(model_config.get_text_config(), "sliding_window", None)
     return layout_for(config.batch_layout, config.attn_implementation, window, config.max_length)
 
@@ -219,17 +235,28 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     with config.main_process_first(desc="preparing built-in assets"):  # built once, then reused by the others
         model_path = resolve_source(config.model_name_or_path)
 
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
     tokenizer = load_tokenizer(model_path, config)
-    layout = batch_layout(config, model_path)
+    if config.chat_rendering == "handbook" and not tokenizer.chat_template:
+        raise UserError(
+            f"--chat_rendering handbook renders with a chat template, and the tokenizer of {config.model_name_or_path} "
+            "has none: pass --chat_template (Jinja text or a .jinja file) or use --chat_rendering amapo"
+        )
+    layout = batch_layout(config, model_config)
     logger.info("batch layout: %s", layout)
-    train_dataset = prepare_split(
-        config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets, layout=layout
+    train_dataset = shuffled(
+        prepare_split(config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets, layout=layout),
+        config.dataset_shuffle_seed,
     )
     eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets, layout)
 
     model = load_model(model_path, config)
+    if config.disable_dropout:
+        disable_dropout(model)
     if config.use_peft:
         model = apply_lora(model, config)
+    check_trained_weights(model, config)
 
     extra_columns = ["offset"] if loss_fn.needs_offsets else []
     has_ref_columns = all(c in train_dataset.column_names for c in REF_COLUMNS)

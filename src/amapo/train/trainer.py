@@ -15,7 +15,7 @@ from accelerate.utils import gather_object
 from transformers import Trainer
 
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
-from amapo.losses.stats import StepStatistics, all_gather_detached
+from amapo.losses.stats import PoolGather, StepStatistics, all_gather_detached
 from amapo.train.logps import enable_response_logps, sequence_logps
 from amapo.train.reliability import NonFiniteGuard
 
@@ -78,7 +78,7 @@ class PreferenceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn.to(self.args.device)
-        self.step_statistics = self.wire_margin_statistics(getattr(self.args, "margin_stats", "micro_batch"))
+        self.step_statistics = self.wire_margin_statistics(*self.args.margin_pool())
         self.ref_model = None
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
@@ -90,34 +90,38 @@ class PreferenceTrainer(Trainer):
             self.nonfinite_guard.wrap(optimizer, step_number=lambda: self.state.global_step + 1)
         return optimizer
 
-    def wire_margin_statistics(self, mode: str) -> StepStatistics | None:
-        """Point the loss's ``gather`` at the batch its adaptive statistics should pool (``margin_stats``)."""
-        if mode == "all_ranks":
-            self.loss_fn.gather = all_gather_detached()
-        elif mode == "optimizer_step":
-            self.loss_fn.gather = StepStatistics()
-            return self.loss_fn.gather
-        elif mode != "micro_batch":
-            raise ValueError(f"margin_stats must be micro_batch, all_ranks or optimizer_step, got {mode!r}")
-        return None
+    def wire_margin_statistics(self, scope: str, pool_size: int | None) -> StepStatistics | None:
+        """Point the loss's ``gather`` at the pairs its adaptive statistics pool (``TrainConfig.margin_pool``):
+        ``scope`` is the batch they see (micro_batch, all_ranks, optimizer_step), cut into pools of ``pool_size``."""
+        sources = {"micro_batch": None, "all_ranks": all_gather_detached(), "optimizer_step": StepStatistics()}
+        if scope not in sources:
+            raise ValueError(f"margin statistics scope must be one of {', '.join(sources)}, got {scope!r}")
+        source = sources[scope]
+        self.loss_fn.gather = PoolGather(pool_size, source) if pool_size else source
+        return source if isinstance(source, StepStatistics) else None
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Fetch the step's micro-batches; for ``optimizer_step`` statistics, score all of them first."""
+        """Fetch the step's micro-batches; for statistics over the optimizer step, score all of them first."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.step_statistics is not None and batch_samples:
-            self.step_statistics.set(self.step_statistic_values(batch_samples))
+            values = self.step_statistic_values(batch_samples)
+            if values:
+                self.step_statistics.set(values)
         return batch_samples, num_items_in_batch
 
     @torch.no_grad()
-    def step_statistic_values(self, batches: list[dict]) -> torch.Tensor:
+    def step_statistic_values(self, batches: list[dict]) -> list[torch.Tensor]:
+        """The loss's batch statistic of every pair of this rank's micro-batches, one tensor per micro-batch
+        (none if the loss has no batch statistics)."""
         values = []
         for batch in batches:
             inputs = self._prepare_inputs(batch)
             x = self.pair_inputs(self.model_wrapped, inputs).at_least_fp32()
-            values.append(self.loss_fn.batch_statistic(self.loss_fn.scores_of(x), x))
-        if values[0] is None:  # the loss has no batch statistics
-            return torch.empty(0)
-        return all_gather_detached()(torch.cat(values))
+            value = self.loss_fn.batch_statistic(self.loss_fn.scores_of(x), x)
+            if value is None:
+                return []
+            values.append(value)
+        return values
 
     # --- the step ---------------------------------------------------------------------------------------------
 
