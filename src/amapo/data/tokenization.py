@@ -153,25 +153,11 @@ def check_rendering(rendering: str) -> None:
 def _truncate(
     ids: dict, tokenizer, max_length: int, max_prompt_length: int, mode: str, row: int | None, rendering: str
 ) -> dict:
-    if rendering == "handbook":
-        return handbook.truncate_pair(
-            ids["prompt_input_ids"],
-            ids["chosen_input_ids"],
-            ids["rejected_input_ids"],
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            truncation_mode=mode,
-        )
-    return truncate_pair(
-        ids["prompt_input_ids"],
-        ids["chosen_input_ids"],
-        ids["rejected_input_ids"],
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
-        truncation_mode=mode,
-        bos_token_id=tokenizer.bos_token_id,
-        row=row,
-    )
+    limits = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": mode}
+    if rendering == "amapo":
+        limits.update(bos_token_id=tokenizer.bos_token_id, row=row)
+    truncate = handbook.truncate_pair if rendering == "handbook" else truncate_pair
+    return truncate(ids["prompt_input_ids"], ids["chosen_input_ids"], ids["rejected_input_ids"], **limits)
 
 
 def tokenize_dataset(
