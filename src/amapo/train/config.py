@@ -221,7 +221,10 @@ class TrainConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as err:  # transformers' own option checks (e.g. bf16 on a machine without support)
+            raise UserError(" ".join(str(err).split())) from None
         if self.truncation_mode not in ("keep_end", "keep_start"):
             raise UserError(f"--truncation_mode must be keep_end or keep_start, got {self.truncation_mode!r}")
         if not 0 < self.max_prompt_length < self.max_length:
