@@ -38,6 +38,7 @@ from amapo.data.errors import DataError
 from amapo.data.invalid import drop_invalid_rows
 from amapo.data.pairs import MISSING, standardize_pair
 from amapo.data.truncation import check_truncation_options, truncate_pair
+from amapo.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,9 @@ def tokenize_pair(
 
 
 def check_rendering(rendering: str) -> None:
+    """UserError unless ``rendering`` is one of ``CHAT_RENDERINGS`` (the one check: train, eval and the data path)."""
     if rendering not in CHAT_RENDERINGS:
-        raise ValueError(f"chat_rendering must be one of {CHAT_RENDERINGS}, got {rendering!r}")
+        raise UserError(f"--chat_rendering must be one of {', '.join(CHAT_RENDERINGS)}, got {rendering!r}")
 
 
 def _truncate(

@@ -17,8 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
 from amapo.data import load_preference_dataset, tokenize_dataset
-from amapo.data.tokenization import CHAT_RENDERINGS
-from amapo.errors import UserError
+from amapo.data.tokenization import check_rendering
 from amapo.evaluation.generation import generate_responses, write_alpacaeval
 from amapo.evaluation.plots import plot_margin_histograms
 from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_with_loss
@@ -61,9 +60,8 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
 
     def __post_init__(self) -> None:
-        if self.chat_rendering not in (None, *CHAT_RENDERINGS):
-            choices = ", ".join(CHAT_RENDERINGS)
-            raise UserError(f"--chat_rendering must be one of {choices}, got {self.chat_rendering!r}")
+        if self.chat_rendering is not None:
+            check_rendering(self.chat_rendering)
         for entry in self.datasets:
             if "=" not in entry:
                 raise ValueError(f"datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")

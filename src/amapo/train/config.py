@@ -13,7 +13,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from amapo.data.collator import LAYOUTS
-from amapo.data.tokenization import CHAT_RENDERINGS
+from amapo.data.tokenization import check_rendering
 from amapo.errors import UserError
 from amapo.losses import build_loss, loss_spec
 from amapo.losses.base import PreferenceLoss
@@ -238,9 +238,7 @@ class TrainConfig(TrainingArguments):
             raise UserError(f"--batch_layout must be one of {', '.join(BATCH_LAYOUTS)}, got {self.batch_layout!r}")
         if self.lm_head_chunk_size < 0:
             raise UserError(f"--lm_head_chunk_size must be >= 0, got {self.lm_head_chunk_size}")
-        if self.chat_rendering not in CHAT_RENDERINGS:
-            choices = ", ".join(CHAT_RENDERINGS)
-            raise UserError(f"--chat_rendering must be one of {choices}, got {self.chat_rendering!r}")
+        check_rendering(self.chat_rendering)
         if self.torch_dtype not in (None, *TORCH_DTYPES):
             raise UserError(f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
         try:
