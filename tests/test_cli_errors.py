@@ -84,7 +84,9 @@ def test_handbook_rendering_without_a_chat_template_is_one_line(
 
 
 def train_config(**kwargs) -> TrainConfig:
-    return TrainConfig(output_dir="unused", use_cpu=True, **kwargs)
+    return TrainConfig(
+        output_dir="unused", use_cpu=True, model_name_or_path="builtin:tiny-llama", dataset="builtin:reverse", **kwargs
+    )
 
 
 def test_weights_default_to_float32_for_full_training_and_auto_with_lora():

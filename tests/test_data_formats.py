@@ -11,9 +11,7 @@ import datasets
 import pytest
 
 from amapo.data import DataError, load_preference_dataset, standardize_preference_dataset
-
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
-ORCA = SHARED_DATA / "orca_dpo_pairs.jsonl"
+from amapo.errors import UserError
 
 
 def user(text):
@@ -133,10 +131,9 @@ def test_openai_preference_schema_is_detected(tmp_path):
     }
 
 
-@pytest.mark.skipif(not ORCA.exists(), reason=f"shared data not found at {ORCA} (only in the project checkout)")
-def test_orca_file_loads_every_row_in_openai_schema():
-    ds = load_preference_dataset(str(ORCA))
-    assert len(ds) == 284
+def test_orca_file_loads_every_row_in_openai_schema(orca_file):
+    ds = load_preference_dataset(str(orca_file))
+    assert len(ds) == len(orca_file.read_text().splitlines()) == 40  # every row of the copy (tests/data/orca)
     assert ds.column_names == ["prompt", "chosen", "rejected"]
     assert all(row["prompt"][-1]["role"] == "user" for row in ds)
     assert all(len(row["chosen"]) == 1 and row["chosen"][0]["role"] == "assistant" for row in ds)
@@ -193,10 +190,10 @@ def test_folder_with_split_files(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["./missing.jsonl", "data/missing.parquet", "/nowhere/pairs"])
-def test_missing_local_path_is_a_file_not_found_error_not_a_hub_lookup(source):
-    with pytest.raises(FileNotFoundError) as err:
+def test_missing_local_path_is_a_user_error_not_a_hub_lookup(source):
+    with pytest.raises(UserError, match="not found") as err:
         load_preference_dataset(source)
-    assert repr(source) in str(err.value)
+    assert source in str(err.value)
 
 
 # --- bad rows ------------------------------------------------------------------------------------------------
@@ -213,18 +210,20 @@ def bad_row_error(tmp_path, bad: dict, index: int = 1) -> DataError:
 @pytest.mark.parametrize(
     ("bad", "field", "reason"),
     [
-        ({"chosen": 3}, "chosen", "expected a string or a list of messages, got int"),
+        ({"chosen": 3}, "chosen", "got a number where row 0 (line 1) has text"),
         ({"rejected": None}, "rejected", "missing"),
         ({"chosen": ""}, "chosen", "response is empty"),
         ({"rejected": " good 1"}, "rejected", "identical to chosen"),
-        ({"prompt": {"text": "Q"}}, "prompt", "got dict"),
+        ({"prompt": {"text": "Q"}}, "prompt", "got an object where row 0 (line 1) has text"),
     ],
 )
 def test_mistyped_or_empty_fields_name_row_and_field(tmp_path, bad, field, reason):
     err = bad_row_error(tmp_path, bad)
     assert (err.row, err.field) == (1, field)
     assert reason in err.reason
-    assert str(err).startswith(f"row 1, field {field!r}: ")
+    # a value of another kind than the same field's in row 0 is refused while reading, naming the line too
+    where = "bad.jsonl:2, " if "row 0 (line 1)" in reason else ""
+    assert str(err).startswith(f"{where}row 1, field {field!r}: ")
 
 
 @pytest.mark.parametrize(

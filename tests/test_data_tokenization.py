@@ -7,7 +7,6 @@ BOS <s> = 257, EOS </s> = 258, PAD <pad> = 256.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import datasets
 import pytest
@@ -19,7 +18,6 @@ from amapo.data import DataError, load_preference_dataset, tokenize_dataset, tok
 from amapo.data.truncation import truncate_pair
 
 BOS, EOS, PAD = 257, 258, 256
-ORCA = Path(__file__).parents[2] / "shared" / "data" / "orca_dpo_pairs.jsonl"
 # No EOS anywhere in this template: the response must get EOS appended.
 PLAIN_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -155,10 +153,15 @@ def test_template_that_renders_the_prompt_differently_is_refused(tokenizer):
     assert (err.value.row, err.value.field) == (3, "chosen")
 
 
-@pytest.mark.skipif(not ORCA.exists(), reason=f"shared data not found at {ORCA} (only in the project checkout)")
-def test_every_orca_row_tokenizes_within_max_length(tokenizer):
-    tokenized = tokenize_dataset(load_preference_dataset(str(ORCA)), tokenizer, max_length=1024, max_prompt_length=512)
-    assert len(tokenized) == 284
+def test_every_orca_row_tokenizes_within_max_length(tokenizer, orca_file):
+    tokenized = tokenize_dataset(
+        load_preference_dataset(str(orca_file)), tokenizer, max_length=1024, max_prompt_length=512
+    )
+    assert len(tokenized) == 40
+    # the copy holds both kinds of row (tests/data/orca/README.md): cut prompts and responses, and whole pairs
+    assert (sum(tokenized["prompt_truncated"]), sum(tokenized["chosen_truncated"])) == (15, 26)
+    assert sum(tokenized["rejected_truncated"]) == 35
+    assert any(not (row["chosen_truncated"] or row["rejected_truncated"]) for row in tokenized)
     assert tokenized.column_names[:3] == ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
     for row in tokenized:
         prompt = row["prompt_input_ids"]

@@ -94,13 +94,6 @@ def test_inverted_u_verdict():
     assert "needs at least 3" in inverted_u_verdict([1, 2], [0.6, 0.7], [0.0, 0.0])
 
 
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("evalmodel") / "out"
-    main(["train", "--config", "builtin", "--output_dir", str(out), "--max_steps", "4", "--eval_datasets", "none"])
-    return out
-
-
 def test_amapo_eval_end_to_end(trained_model, tmp_path):
     out = tmp_path / "eval"
     main(

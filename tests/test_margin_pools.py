@@ -69,7 +69,8 @@ def test_step_pools_span_micro_batches_in_order():
 
 def config(*, pool: int, per_device: int = 2, steps: int = 4, **kwargs) -> TrainConfig:
     return TrainConfig(
-        output_dir="unused", use_cpu=True, margin_pool_size=pool, per_device_train_batch_size=per_device,
+        output_dir="unused", use_cpu=True, model_name_or_path="builtin:tiny-llama", dataset="builtin:reverse",
+        margin_pool_size=pool, per_device_train_batch_size=per_device,
         gradient_accumulation_steps=steps, **kwargs,
     )  # fmt: skip
 

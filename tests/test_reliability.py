@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from amapo.builtin import resolve_source
+from amapo.errors import UserError
 from amapo.losses.methods import SimPOLoss
 from amapo.train.parsing import parse_train_args
 from amapo.train.reliability import COMPLETE_MARKER, NONFINITE_FILE, NonFiniteStepError, last_complete_checkpoint
@@ -76,15 +77,15 @@ def test_too_many_non_finite_steps_stop_the_run_and_keep_the_last_good_checkpoin
 def test_output_folder_holding_a_run_is_not_overwritten(tmp_path):
     args = ("--max_steps", "1", "--eval_datasets", "none")
     train(tmp_path / "out", *args)
-    with pytest.raises(FileExistsError, match=r"already holds a run.*--overwrite_output_dir true"):
+    with pytest.raises(UserError, match=r"already holds a run.*--overwrite_output_dir true"):
         train(tmp_path / "out", *args)
     train(tmp_path / "out", *args, "--overwrite_output_dir", "true")
 
 
 def test_missing_local_paths_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"--model_name_or_path: no such file or folder \./nowhere"):
+    with pytest.raises(UserError, match=r"--model_name_or_path: no such file or folder \./nowhere"):
         train(tmp_path / "out", "--model_name_or_path", "./nowhere")
-    with pytest.raises(FileNotFoundError, match="--dataset: no such file"):
+    with pytest.raises(UserError, match="--dataset: no such file"):
         train(tmp_path / "out", "--dataset", "/no/such/pairs.jsonl")
 
 

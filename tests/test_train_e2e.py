@@ -18,6 +18,8 @@ from amapo.losses import available_losses
 from amapo.train.parsing import parse_train_args
 from amapo.train.run import load_tokenizer, prepare_split, run_training
 
+BUILTIN_MODEL_AND_DATA = "model_name_or_path: builtin:tiny-llama\ndataset: builtin:reverse\n"
+
 
 def train(tmp_path: Path, *args: str):
     """Run ``amapo train`` (parsed exactly as on the command line) into tmp_path/out."""
@@ -49,6 +51,8 @@ def test_default_run_writes_a_loadable_model_and_its_records(default_run):
     out = default_run.output_dir
     for name in ("model.safetensors", "config.json", "tokenizer.json", "amapo_config.yaml", "README.md"):
         assert (out / name).exists(), name
+    mode = lambda name: (out / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("model.safetensors") == mode("config.json")  # readable as the other files (safetensors wrote 0600)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "llama"
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -85,14 +89,16 @@ def test_cli_without_arguments_runs_the_builtin_recipe(monkeypatch, tmp_path):
 
 def test_yaml_values_are_overridden_by_flags_of_the_same_name(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("method: simpo\nbeta: 2.5\ngamma_beta_ratio: 0.4\nlearning_rate: 1.0e-5\n")
+    recipe.write_text(
+        f"{BUILTIN_MODEL_AND_DATA}method: simpo\nbeta: 2.5\ngamma_beta_ratio: 0.4\nlearning_rate: 1.0e-5\n"
+    )
     config = parse_train_args(["--config", str(recipe), "--beta", "3.0"])
     assert (config.method, config.beta, config.gamma_beta_ratio, config.learning_rate) == ("simpo", 3.0, 0.4, 1e-5)
 
 
 def test_unknown_recipe_option_is_a_clear_error(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("method: simpo\nbetta: 2.5\n")
+    recipe.write_text(f"{BUILTIN_MODEL_AND_DATA}method: simpo\nbetta: 2.5\n")
     with pytest.raises(ValueError, match=r"unknown option.*betta"):
         parse_train_args(["--config", str(recipe)])
 

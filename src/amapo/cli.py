@@ -1,18 +1,19 @@
 """The amapo command line.
 
     amapo train    [--config RECIPE] [--option value ...]   align a model on preference pairs
-    amapo eval     --model_name_or_path M --datasets NAME=SOURCE[@SPLIT] ...   ranking accuracy, generations
+    amapo eval     --model_name_or_path M [--datasets NAME=SOURCE[@SPLIT] ...]   ranking accuracy, generations
     amapo analyze  --model_name_or_path M --dataset SOURCE   gradient dynamics of several methods
     amapo compare  [--methods ...] [--seeds ...] [--beta_sweep ...]   the paper's comparison as a report
 
-Each command prints every option with its default under --help.
+Each command prints every option with its default under --help. A mistake of yours (an option, a file, a row) is
+one line, `amapo <command>: error: ...`, with exit status 2; AMAPO_DEBUG=1 shows its traceback too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-
-from transformers import HfArgumentParser
+import traceback
 
 from amapo.errors import UserError
 
@@ -20,7 +21,9 @@ COMMANDS = ("train", "eval", "analyze", "compare")
 
 
 def parse_dataclass(cls, argv: list[str], prog: str, description: str):
-    parser = HfArgumentParser(cls, prog=prog, description=description)
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(cls, prog=prog, description=description, allow_abbrev=False)
     config, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     return config
 
@@ -44,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(argv)
     except UserError as err:  # the user's to fix: one line, no traceback (a bug keeps its traceback)
+        if os.environ.get("AMAPO_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
         command = argv[0] if argv else ""
-        print(f"amapo {command}: error: {err}", file=sys.stderr)
+        print(f"amapo {command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         close_process_group(wait=False)
         return 2
 
@@ -61,10 +66,13 @@ def run_command(argv: list[str]) -> int:
     # Heavy imports only once a command runs.
     if command == "train":
         from amapo.train.parsing import parse_train_args
+        from amapo.train.preflight import check_before_loading
+
+        config = parse_train_args(rest, preflight=check_before_loading)
         from amapo.train.run import TrainingInterrupted, run_training
 
         try:
-            run_training(parse_train_args(rest))
+            run_training(config)
         except TrainingInterrupted as stop:
             print(f"amapo: {stop}", file=sys.stderr)
             close_process_group(wait=False)

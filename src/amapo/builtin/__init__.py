@@ -10,8 +10,10 @@ ordinary model folder and ordinary JSONL files:
 
 from __future__ import annotations
 
-from amapo.builtin.assets import BuiltinAssets, prepare_builtin
+from typing import Any
+
 from amapo.builtin.task import EVAL_SETS
+from amapo.errors import UserError
 
 PREFIX = "builtin:"
 
@@ -24,8 +26,10 @@ def resolve_source(source: str) -> str:
     """A local path for a ``builtin:`` source (building the assets on first use); other sources unchanged."""
     if not is_builtin(source):
         return source
+    from amapo.builtin.assets import prepare_builtin  # torch and transformers: only once an asset is needed
+
     name = source.removeprefix(PREFIX)
-    assets: BuiltinAssets = prepare_builtin()
+    assets = prepare_builtin()
     if name == "tiny-llama":
         return str(assets.model_dir)
     if name == "reverse":
@@ -33,7 +37,15 @@ def resolve_source(source: str) -> str:
     if name.startswith("reverse/") and name.removeprefix("reverse/") in EVAL_SETS:
         return str(assets.eval_files()[name.removeprefix("reverse/")])
     known = ["builtin:tiny-llama", "builtin:reverse", *(f"builtin:reverse/{s}" for s in EVAL_SETS)]
-    raise ValueError(f"unknown built-in source {source!r}; known: {', '.join(known)}")
+    raise UserError(f"unknown built-in source {source!r}; known: {', '.join(known)}")
 
 
 __all__ = ["EVAL_SETS", "is_builtin", "prepare_builtin", "resolve_source"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "prepare_builtin":
+        from amapo.builtin.assets import prepare_builtin
+
+        return prepare_builtin
+    raise AttributeError(f"module 'amapo.builtin' has no attribute {name!r}")

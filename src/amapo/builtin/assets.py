@@ -37,7 +37,7 @@ class TinyModelSpec:
     intermediate_size: int = 192
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
-    max_position_embeddings: int = 64
+    max_position_embeddings: int = 512  # room for real data (orca); the recipe still cuts at 64 for speed
     sft_steps: int = 120
     sft_batch_size: int = 32
     sft_learning_rate: float = 3e-3

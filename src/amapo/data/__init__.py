@@ -7,22 +7,30 @@
 
 Modules: ``formats`` (format detection, column mapping), ``pairs`` (checks and conversions of one pair),
 ``loading`` (files, folders, Hub), ``chat`` (chat templates), ``tokenization`` (ids, seam, EOS, BOS),
-``truncation`` (fitting max_length), ``collator`` (the [2B, T] batch), ``errors`` (DataError).
+``truncation`` (fitting max_length), ``collator`` (the [2B, T] batch), ``errors`` (DataError), ``reading``
+(local JSON / JSONL rows, every error with file and line), ``json_table`` (those rows as a Dataset, typed from
+every row), ``precheck`` (a file's rows checked before anything heavy loads).
 """
 
-from amapo.data.collator import PreferenceCollator
-from amapo.data.errors import DataError
-from amapo.data.formats import standardize_preference_dataset
-from amapo.data.loading import load_preference_dataset
-from amapo.data.tokenization import tokenize_dataset, tokenize_pair
-from amapo.data.truncation import TRUNCATION_MODES
+from __future__ import annotations
 
-__all__ = [
-    "TRUNCATION_MODES",
-    "DataError",
-    "PreferenceCollator",
-    "load_preference_dataset",
-    "standardize_preference_dataset",
-    "tokenize_dataset",
-    "tokenize_pair",
-]
+import importlib
+from typing import Any
+
+# name -> module; imported on first use, so the light modules (pairs, reading, precheck) need no torch/datasets
+_EXPORTS = {
+    "TRUNCATION_MODES": "amapo.data.truncation",
+    "DataError": "amapo.data.errors",
+    "PreferenceCollator": "amapo.data.collator",
+    "load_preference_dataset": "amapo.data.loading",
+    "standardize_preference_dataset": "amapo.data.formats",
+    "tokenize_dataset": "amapo.data.tokenization",
+    "tokenize_pair": "amapo.data.tokenization",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'amapo.data' has no attribute {name!r}")

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from amapo.data.caching import SOURCE_DIGEST
 from amapo.data.errors import DataError
 from amapo.data.invalid import drop_invalid_rows
-from amapo.data.pairs import MISSING, standardize_pair
+from amapo.data.pairs import MISSING, check_role_mapping, mixed_kinds, row_kind, standardize_pair
+
+if TYPE_CHECKING:
+    import datasets  # (type hints only: importing this module must stay light)
 
 STANDARD_FIELDS = ("prompt", "chosen", "rejected")
 _FRESH = "__amapo_standard__"
@@ -82,27 +83,32 @@ def standardize_preference_dataset(
     *,
     drop_invalid: bool = False,
     dropped: Counter | None = None,
+    role_mapping: Mapping[str, str] | None = None,
 ) -> datasets.Dataset:
     """``dataset`` in the standard form: ``prompt``/``chosen``/``rejected`` plus passthrough columns.
 
-    Runs as ``Dataset.map`` (so it scales to datasets larger than memory); a bad row raises a DataError
-    naming its index and field, or with ``drop_invalid`` is dropped and counted per reason into ``dropped``
-    (``amapo.data.invalid``).
+    Runs as ``Dataset.map`` (so it scales to datasets larger than memory). ``role_mapping`` renames message roles
+    (``pairs.check_messages``). A bad row, or one whose format (plain or conversational) differs from the first
+    row's, raises a DataError naming its index and field, or with ``drop_invalid`` is dropped and counted per
+    reason into ``dropped`` (``amapo.data.invalid``).
     """
+    check_role_mapping(role_mapping)
     if len(dataset) == 0:
         raise DataError("the dataset has no rows")
     columns = list(dataset.column_names)
     paths = field_paths(columns, column_mapping)
     extras = {name: path for name, path in paths.items() if name not in STANDARD_FIELDS}
 
-    def to_standard(row: dict[str, Any], index: int, code_version: str) -> dict[str, Any]:
+    def to_standard(row: dict[str, Any], index: int, code_version: str, kind: tuple[str, int] | None = None):
         prompt_path = paths["prompt"]
         prompt = MISSING if prompt_path is None else lookup(row, prompt_path)
         if prompt is MISSING and prompt_path is not None and prompt_path not in columns:
             # a nested path (OpenAI's input.messages, a dotted mapping) absent from this row: not an implicit prompt
             raise DataError(f"missing (path {prompt_path!r})", index, "prompt")
         chosen, rejected = lookup(row, paths["chosen"]), lookup(row, paths["rejected"])
-        prompt, chosen, rejected = standardize_pair(prompt, chosen, rejected, row=index)
+        prompt, chosen, rejected = standardize_pair(prompt, chosen, rejected, row=index, role_mapping=role_mapping)
+        if kind is not None and row_kind(chosen) != kind[0]:
+            raise DataError(mixed_kinds(row_kind(chosen), kind), index, "chosen")
         out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         for name, path in extras.items():
             value = lookup(row, path)
@@ -111,9 +117,11 @@ def standardize_preference_dataset(
             out[name] = value
         return {_FRESH + name: value for name, value in out.items()}
 
+    # every row must have the kind of the first row that converts (a mix: pairs.mixed_kinds)
+    kind = first_kind(dataset, lambda row, index: to_standard(row, index, SOURCE_DIGEST), drop_invalid)
     if drop_invalid:  # a checking pass first: the conversion's output types vary with the format of valid rows
         dataset = drop_invalid_rows(
-            dataset, lambda row, index: to_standard(row, index, SOURCE_DIGEST), stage="format", dropped=dropped
+            dataset, lambda row, index: to_standard(row, index, SOURCE_DIGEST, kind), stage="format", dropped=dropped
         )
         columns = list(dataset.column_names)
 
@@ -124,10 +132,24 @@ def standardize_preference_dataset(
     standard = dataset.map(
         to_standard,
         with_indices=True,
-        fn_kwargs={"code_version": SOURCE_DIGEST},  # see amapo.data.caching
+        fn_kwargs={"code_version": SOURCE_DIGEST, "kind": kind},  # code_version: see amapo.data.caching
         remove_columns=sorted(consumed),
         desc="Converting to prompt/chosen/rejected",
     )
     standard = standard.rename_columns({_FRESH + name: name for name in paths})
     passthrough = [name for name in standard.column_names if name not in paths]
     return standard.select_columns([*STANDARD_FIELDS, *extras, *passthrough])
+
+
+def first_kind(dataset: datasets.Dataset, convert, skip_invalid: bool) -> tuple[str, int] | None:
+    """(kind, index) of the first row that converts (``pairs.row_kind``); every other row must have that kind.
+
+    An invalid first row raises its own error, unless ``skip_invalid`` (it will be dropped); None if none converts.
+    """
+    for index in range(len(dataset)):
+        try:
+            return row_kind(convert(dataset[index], index)[_FRESH + "chosen"]), index
+        except DataError:
+            if not skip_invalid:
+                raise
+    return None

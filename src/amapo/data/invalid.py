@@ -6,11 +6,13 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable
-
-import datasets
+from typing import TYPE_CHECKING
 
 from amapo.data.caching import SOURCE_DIGEST
 from amapo.data.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets  # (type hints only: importing this module must stay light)
 
 logger = logging.getLogger(__name__)
 

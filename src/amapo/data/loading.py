@@ -9,6 +9,9 @@ from pathlib import Path
 import datasets
 
 from amapo.data.formats import standardize_preference_dataset
+from amapo.data.json_table import json_dataset
+from amapo.data.reading import is_json_file
+from amapo.errors import UserError
 
 # File suffix -> the ``datasets`` builder that reads it; compressed copies (".jsonl.gz") read the same way.
 BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -30,27 +33,44 @@ def _looks_like_local_path(source: str) -> bool:
 def load_raw_dataset(source: str, *, split: str = "train", dataset_config: str | None = None) -> datasets.Dataset:
     """One split of ``source`` as stored, before any format conversion.
 
-    A file goes through the builder for its suffix with ``data_files`` (a single file is split "train", so
-    ``"train[:90%]"`` / ``"train[90%:]"`` slice it into train and eval); a folder goes through the ``datasets``
-    folder loader, which picks the format and reads split names from file names ("train.jsonl",
-    "test.jsonl"); anything else is a Hub dataset name.
+    A local JSON / JSONL file (also .gz / .bz2 / .xz) is read by amapo (``amapo.data.json_table``: every problem
+    names the file and line), any other file by the ``datasets`` builder for its suffix; a single file is split
+    "train", so ``"train[:90%]"`` / ``"train[90%:]"`` slice it into train and eval (``select_split``, as
+    ``datasets`` slices). A folder goes through the ``datasets`` folder loader, which picks the format and reads
+    split names from file names ("train.jsonl", "test.jsonl"); anything else is a Hub dataset name.
     """
     path = Path(source).expanduser()
     if path.is_file():
         if dataset_config is not None:
-            raise ValueError(f"dataset_config={dataset_config!r} applies to Hub datasets, not to the file {source!r}")
+            raise UserError(f"--dataset_config {dataset_config} applies to Hub datasets, not to the file {source}")
+        if is_json_file(path):  # read ourselves: every problem names the file and line (amapo.data.reading)
+            return select_split(json_dataset(path), split, path.name)
         builder = BUILDER_BY_SUFFIX.get(_data_suffix(path))
         if builder is None:
             known = ", ".join(sorted(BUILDER_BY_SUFFIX))
-            raise ValueError(f"cannot read {source!r}: unknown file type (known: {known}, optionally compressed)")
+            raise UserError(f"cannot read {source}: unknown file type (known: {known}, optionally compressed)")
         return datasets.load_dataset(builder, data_files=str(path), split=split)
     if path.is_dir():
         if dataset_config is not None:
-            raise ValueError(f"dataset_config={dataset_config!r} applies to Hub datasets, not to the folder {source!r}")
+            raise UserError(f"--dataset_config {dataset_config} applies to Hub datasets, not to the folder {source}")
         return datasets.load_dataset(str(path), split=split)
     if _looks_like_local_path(source):
-        raise FileNotFoundError(f"preference dataset {source!r} not found (looked for {path.absolute()})")
+        raise UserError(f"preference dataset {source} not found (looked for {path.absolute()})")
     return datasets.load_dataset(source, dataset_config, split=split)
+
+
+def select_split(dataset: datasets.Dataset, split: str, name: str) -> datasets.Dataset:
+    """``split`` of a one-file dataset (its only split is "train"), sliced as ``datasets`` slices:
+    "train[:90%]", "train[90%:]", "train[10:20]", "train[:10]+train[-5:]"."""
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({"train": len(dataset)})
+    except (ValueError, AssertionError) as err:
+        reason = str(err).rstrip(".")
+        raise UserError(
+            f"{name}: cannot take split {split!r} ({reason}); a single file is split 'train', sliced as 'train[:90%]'"
+        ) from None
+    indices = [i for part in parts for i in range(part.from_, part.to)]
+    return dataset if indices == list(range(len(dataset))) else dataset.select(indices)
 
 
 def load_preference_dataset(
@@ -61,13 +81,17 @@ def load_preference_dataset(
     column_mapping: Mapping[str, str] | None = None,
     drop_invalid: bool = False,
     dropped: Counter | None = None,
+    role_mapping: Mapping[str, str] | None = None,
 ) -> datasets.Dataset:
     """Load ``source`` and convert it to the standard form (columns ``prompt``, ``chosen``, ``rejected``).
 
     ``source`` is a local .json/.jsonl/.parquet/.csv file, a local folder of them, or a Hub dataset name
     (loaded as ``datasets.load_dataset(source, dataset_config, split=split)``). Formats and ``column_mapping``
-    are described in ``amapo.data.formats``; a bad row raises ``DataError`` naming its index (within ``split``)
-    and field.
+    are described in ``amapo.data.formats``, ``role_mapping`` renames message roles (``amapo.data.pairs``); a bad
+    row raises ``DataError`` naming its index (within ``split``) and field; a local JSON/JSONL file that cannot be
+    read names the file and line (``amapo.data.reading``).
     """
     raw = load_raw_dataset(source, split=split, dataset_config=dataset_config)
-    return standardize_preference_dataset(raw, column_mapping, drop_invalid=drop_invalid, dropped=dropped)
+    return standardize_preference_dataset(
+        raw, column_mapping, drop_invalid=drop_invalid, dropped=dropped, role_mapping=role_mapping
+    )

@@ -13,7 +13,12 @@ Conversions made here (each one unambiguous, and documented because the user may
 * a conversational prompt beside string chosen/rejected: each string becomes one assistant message;
 * conversational chosen/rejected that repeat the prompt messages at their start have them removed;
 * messages keep only ``role`` and ``content`` (other keys, e.g. ``name``, are dropped so every row has the
-  same Arrow type).
+  same Arrow type); roles are renamed by ``role_mapping`` and must then be one of ``ROLES``.
+
+Every row of a dataset has one kind, plain or conversational (``row_kind``: the kind of its converted chosen
+response): a mix would be formatted two ways in one run, so the conversion refuses the first row whose kind
+differs from the first row's (``mixed_kinds``). A JSON file that mixes strings and lists in a column is refused
+earlier, naming its line (``amapo.data.reading``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from amapo.data.errors import DataError
+from amapo.errors import UserError
 
 Message = dict[str, str]
 Text = str | list[Message]
 
 RESPONSE_FIELDS = ("chosen", "rejected")
+# The roles chat templates know; any other (ShareGPT's "human"/"gpt", ...) would render wrong or fail deep in a
+# template, so it is an error naming the row, unless ``role_mapping`` renames it.
+ROLES = ("system", "user", "assistant", "tool")
+ROLE_MAPPING_HINT = """--role_mapping '{"human": "user", "gpt": "assistant"}'"""
 
 
 class _Missing:
@@ -39,8 +49,21 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
-def check_messages(value: list, *, row: int | None, field: str) -> list[Message]:
-    """``value`` as a list of ``{"role", "content"}`` string messages, other keys dropped."""
+def check_role_mapping(role_mapping: Mapping[str, str] | None) -> None:
+    """A mapping whose every target is one of ``ROLES`` (checked once, before any row: a typo is one line)."""
+    for source, target in (role_mapping or {}).items():
+        if target not in ROLES:
+            raise UserError(
+                f"role_mapping maps {source!r} to {target!r}, which is not a role chat templates know; map to one of "
+                f"{', '.join(ROLES)}"
+            )
+
+
+def check_messages(
+    value: list, *, row: int | None, field: str, role_mapping: Mapping[str, str] | None = None
+) -> list[Message]:
+    """``value`` as a list of ``{"role", "content"}`` string messages, other keys dropped, roles renamed by
+    ``role_mapping`` and checked against ``ROLES``."""
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, Mapping):
@@ -52,18 +75,26 @@ def check_messages(value: list, *, row: int | None, field: str) -> list[Message]
         if not isinstance(role, str) or not isinstance(content, str):
             bad, got = ("role", role) if not isinstance(role, str) else ("content", content)
             raise DataError(f"message {i}: {bad!r} is a {type(got).__name__}, expected str", row, field)
+        role = (role_mapping or {}).get(role, role)
+        if role not in ROLES:
+            raise DataError(
+                f"message {i} has role {role!r}, which chat templates do not know ({', '.join(ROLES)}); rename it "
+                f"with {ROLE_MAPPING_HINT}",
+                row,
+                field,
+            )
         messages.append({"role": role, "content": content})
     return messages
 
 
-def check_text(value: Any, *, row: int | None, field: str) -> Text:
+def check_text(value: Any, *, row: int | None, field: str, role_mapping: Mapping[str, str] | None = None) -> Text:
     """A string, or a list of messages; anything else (missing, None, a number, a dict) is a DataError."""
     if value is MISSING or value is None:
         raise DataError("missing (no value)", row, field)
     if isinstance(value, str):
         return value
     if isinstance(value, list | tuple):
-        return check_messages(list(value), row=row, field=field)
+        return check_messages(list(value), row=row, field=field, role_mapping=role_mapping)
     raise DataError(f"expected a string or a list of messages, got {type(value).__name__}: {value!r:.80}", row, field)
 
 
@@ -90,6 +121,20 @@ def split_shared_prefix(chosen: Text, rejected: Text, *, row: int | None) -> tup
     while cut > 0 and chosen[cut - 1].isspace():
         cut -= 1
     return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def row_kind(chosen: Text) -> str:
+    """'conversational' or 'plain': the kind of a converted pair, read from its chosen response."""
+    return "conversational" if isinstance(chosen, list) else "plain"
+
+
+def mixed_kinds(kind: str, first: tuple[str, int]) -> str:
+    """The reason given for a row of kind ``kind`` when ``first`` is (kind, index) of the dataset's first row."""
+    words = {"plain": "plain text", "conversational": "a list of messages"}
+    return (
+        f"{words[kind]}, but row {first[1]} is {words[first[0]]}; a dataset must use one format (plain strings or "
+        "lists of messages) for every row"
+    )
 
 
 def _as_answer(prompt: list[Message], response: Text) -> list[Message]:
@@ -119,15 +164,17 @@ def _check_response(response: Text, *, row: int | None, field: str) -> None:
         raise DataError("response is empty", row, field)
 
 
-def standardize_pair(prompt: Any, chosen: Any, rejected: Any, *, row: int | None) -> tuple[Text, Text, Text]:
+def standardize_pair(
+    prompt: Any, chosen: Any, rejected: Any, *, row: int | None, role_mapping: Mapping[str, str] | None = None
+) -> tuple[Text, Text, Text]:
     """Check one pair and bring it to the standard form (see the module docstring); ``prompt`` may be MISSING."""
-    chosen = check_text(chosen, row=row, field="chosen")
-    rejected = check_text(rejected, row=row, field="rejected")
+    chosen = check_text(chosen, row=row, field="chosen", role_mapping=role_mapping)
+    rejected = check_text(rejected, row=row, field="rejected", role_mapping=role_mapping)
     responses_are_messages = isinstance(chosen, list) and isinstance(rejected, list)
     if prompt is MISSING or (isinstance(prompt, str) and responses_are_messages):
         prompt, chosen, rejected = split_shared_prefix(chosen, rejected, row=row)
     else:
-        prompt = check_text(prompt, row=row, field="prompt")
+        prompt = check_text(prompt, row=row, field="prompt", role_mapping=role_mapping)
         if isinstance(prompt, list):
             chosen, rejected = _as_answer(prompt, chosen), _as_answer(prompt, rejected)
         else:

@@ -26,7 +26,10 @@ raises DataError (the text holds the BOS text, e.g. an HTML "<s>" under Llama's 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -174,11 +177,14 @@ def tokenize_dataset(
     drop_invalid: bool = False,
     dropped: Counter | None = None,
     rendering: str = "amapo",
+    name: str | None = None,
 ) -> datasets.Dataset:
     """``tokenize_pair`` over every row (errors name the row index); the text columns are dropped, the
     passthrough columns (e.g. ``offset``, ``ref_chosen_logps``) kept. Logs one warning when the seam fallback
-    was needed, and the number of truncated rows at INFO level. With ``drop_invalid``, rows that cannot be
-    tokenized (e.g. a response emptied by truncation) are dropped and counted per reason into ``dropped``.
+    was needed; prints one line to stderr (``truncation_report``) when truncation cut anything, naming the dataset
+    as ``name`` (the counts of a result: ``truncation_counts``, from its ``*_truncated`` columns). With
+    ``drop_invalid``, rows that cannot be tokenized (e.g. a response emptied by truncation) are dropped and counted
+    per reason into ``dropped``.
     """
     check_truncation_options(max_length, max_prompt_length, truncation_mode)
     check_rendering(rendering)
@@ -220,8 +226,45 @@ def tokenize_dataset(
             if rendering == "handbook"
             else "their responses were tokenized alone and appended",
         )
-    for field in TEXT_COLUMNS:
-        count = sum(tokenized[f"{field}_truncated"])
-        if count:
-            logger.info("%d of %d rows: %s truncated (max_length=%d)", count, len(tokenized), field, max_length)
+    report = truncation_report(tokenized, name or "dataset", max_length, max_prompt_length)
+    if report and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(report, file=sys.stderr)
     return tokenized.remove_columns(_SEAM_COLUMN)
+
+
+@dataclass(frozen=True)
+class TruncationCounts:
+    """How many of ``total`` tokenized pairs truncation cut: ``pairs`` lost response tokens (``chosen`` and
+    ``rejected`` count the responses shortened), ``prompts`` lost prompt tokens."""
+
+    total: int
+    pairs: int
+    chosen: int
+    rejected: int
+    prompts: int
+
+
+def truncation_counts(tokenized: datasets.Dataset) -> TruncationCounts:
+    """The counts of ``tokenize_dataset``'s ``*_truncated`` columns."""
+    prompts, chosen, rejected = (tokenized[f"{field}_truncated"] for field in TEXT_COLUMNS)
+    pairs = sum(c or r for c, r in zip(chosen, rejected, strict=True))
+    return TruncationCounts(len(tokenized), pairs, sum(chosen), sum(rejected), sum(prompts))
+
+
+def truncation_report(tokenized: datasets.Dataset, name: str, max_length: int, max_prompt_length: int) -> str | None:
+    """One line saying how many pairs truncation cut (None if none): an INFO log nobody reads hid that the
+    built-in 64-token limit cut 96% of real responses."""
+    n = truncation_counts(tokenized)
+    if n.pairs:
+        prompts = f"; {n.prompts} prompts cut to --max_prompt_length {max_prompt_length}" if n.prompts else ""
+        return (
+            f"amapo: {name}: {n.pairs} of {n.total} pairs ({100 * n.pairs / n.total:.0f}%) cut to --max_length "
+            f"{max_length} ({n.chosen} chosen, {n.rejected} rejected responses shortened{prompts}); raise "
+            "--max_length to keep whole responses"
+        )
+    if n.prompts:
+        return (
+            f"amapo: {name}: {n.prompts} of {n.total} prompts cut to --max_prompt_length {max_prompt_length} (no "
+            "response shortened); raise --max_prompt_length and --max_length to keep whole prompts"
+        )
+    return None

@@ -14,10 +14,30 @@ import numpy as np
 from rich.console import Console
 
 from amapo.builtin import resolve_source
-from amapo.data import load_preference_dataset, tokenize_dataset
+from amapo.errors import UserError
+from amapo.evaluation.checks import check_data_path, check_method, check_model_path, check_number
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights
-from amapo.evaluation.run import load_for_scoring, loss_for_model, parse_named_set, print_metric_table, trained_config
+from amapo.evaluation.run import (
+    check_positions,
+    load_models,
+    load_tokenizer,
+    loss_for_model,
+    print_metric_table,
+    reference_source,
+    say,
+    trained_config,
+)
 from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
+from amapo.evaluation.sets import (
+    MAPPING_EXAMPLE,
+    EvalSet,
+    column_mapping,
+    load_set,
+    parse_named_set,
+    run_role_mapping,
+    token_limits,
+)
+from amapo.train.options import parse_json_mapping
 
 DEFAULT_METHODS = ["dpo", "simpo", "amapo", "amapo-released"]
 
@@ -31,7 +51,31 @@ class AnalyzeConfig:
     batch_size: int = field(default=32, metadata={"help": "Pairs per batch (AMaPO's statistics batch)."})
     max_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 1024."})
     max_prompt_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 512."})
+    column_mapping: str | None = field(
+        default=None,
+        metadata={"help": "JSON column mapping, as for training. Default: the training run's; '{}' for none."},
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Default: MODEL/analysis."})
+
+    def __post_init__(self) -> None:
+        """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
+        if not self.methods:
+            raise UserError(f"--methods needs at least one method, e.g. --methods {' '.join(DEFAULT_METHODS)}")
+        for method in self.methods:
+            check_method("methods", method)
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:
+            raise UserError(f"--methods lists {', '.join(twice)} twice: give each method once")
+        for option in ("batch_size", "max_length", "max_prompt_length"):
+            check_number(option, getattr(self, option), ">= 1")
+        parse_json_mapping("column_mapping", self.column_mapping, MAPPING_EXAMPLE)
+        name, source, _ = parse_named_set(self.named_dataset)
+        if not name or not source:
+            raise UserError(f"--dataset must be SOURCE, SOURCE@SPLIT or NAME=SOURCE@SPLIT, got {self.dataset!r}")
+
+    @property
+    def named_dataset(self) -> str:
+        return self.dataset if "=" in self.dataset else f"pairs={self.dataset}"
 
 
 def accuracy_curves_from_metrics(metrics_file: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -49,35 +93,41 @@ def accuracy_curves_from_metrics(metrics_file: Path) -> dict[str, tuple[np.ndarr
 
 
 def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[str, dict[str, float]]:
+    """Gradient indicators of every method on the same log-probs. As ``amapo eval``: options, paths, methods and
+    the set (loaded and tokenized) are checked before the model loads; the output folder is made at the end."""
     console = console or Console()
+    check_model_path("model_name_or_path", config.model_name_or_path)
+    check_model_path("ref_model_name_or_path", config.ref_model_name_or_path)
     trained = trained_config(config.model_name_or_path)
-    losses = {m: loss_for_model(m, trained) for m in config.methods}  # unknown names fail before any loading
+    pairs_set = EvalSet(*parse_named_set(config.named_dataset), origin="--dataset")
+    check_data_path(pairs_set.label, pairs_set.source)
+    losses = {m: loss_for_model(m, trained, option="methods") for m in config.methods}
+    referenced = [m for m, loss in losses.items() if loss.needs_reference]
+    ref_source = None
+    if referenced:
+        ref_source = reference_source(trained, config.ref_model_name_or_path, f"--methods {', '.join(referenced)}")
+    mapping, note = column_mapping(config.column_mapping, trained)
+    if note:
+        say(console, f"amapo analyze: using {note}")
+    limits = token_limits(trained, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     model_path = resolve_source(config.model_name_or_path)
-    needs_reference = any(loss.needs_reference for loss in losses.values())
-    tokenizer, model, ref_model = load_for_scoring(model_path, trained, needs_reference, config.ref_model_name_or_path)
+    check_positions(model_path, limits["max_length"])
+    tokenizer = load_tokenizer(model_path)
+    _, tokenized = load_set(pairs_set, tokenizer, limits, mapping, note, run_role_mapping(trained))
 
-    entry = config.dataset if "=" in config.dataset else f"pairs={config.dataset}"
-    _, source, split = parse_named_set(entry)
-    pairs = load_preference_dataset(resolve_source(source), split=split)
-    tokenized = tokenize_dataset(
-        pairs,
-        tokenizer,
-        max_length=config.max_length or trained.get("max_length", 1024),
-        max_prompt_length=config.max_prompt_length or trained.get("max_prompt_length", 512),
-        truncation_mode=trained.get("truncation_mode", "keep_end"),
-        rendering=trained.get("chat_rendering", "amapo"),
-    )
+    model, ref_model = load_models(model_path, ref_source)
     logps = compute_pair_logps(
         model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, ref_model=ref_model
     )
-    output_dir = Path(config.output_dir or Path(model_path) / "analysis")
     results, points = {}, {}
     for method, loss_fn in losses.items():
         scores = score_with_loss(logps, loss_fn, config.batch_size)
         results[method] = {"accuracy": scores.accuracy(), **scores.gradient_indicators()}
         points[method] = (scores.scores, scores.grad_weights)
+    output_dir = Path(config.output_dir or Path(model_path) / "analysis")
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "analysis.json").write_text(json.dumps({"dataset": entry, "methods": results}, indent=2))
+    dataset = f"{pairs_set.name}={pairs_set.source}@{pairs_set.split}"
+    (output_dir / "analysis.json").write_text(json.dumps({"dataset": dataset, "methods": results}, indent=2))
     plot_gradient_weights(points, output_dir / "gradient_weights.png")
     curves = accuracy_curves_from_metrics(Path(model_path) / "metrics.jsonl")
     if curves:

@@ -8,6 +8,7 @@ unless a beta sweep sets beta.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,13 +20,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
 from amapo.data import load_preference_dataset
+from amapo.errors import UserError
 from amapo.evaluation.analysis import accuracy_curves_from_metrics
+from amapo.evaluation.checks import check_method, check_number
 from amapo.evaluation.generation import generate_responses
 from amapo.evaluation.report import write_report
-from amapo.evaluation.run import parse_named_set
 from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
-from amapo.train.config import LOSS_OPTIONS
+from amapo.evaluation.sets import parse_named_set
+from amapo.train.options import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args
+from amapo.train.preflight import check_local_path, dataset_sources
 from amapo.train.run import prepare_split, run_training
 
 DEFAULT_METHODS = [
@@ -59,10 +63,26 @@ class CompareConfig:
     max_new_tokens: int = field(default=16, metadata={"help": "Tokens per answer."})
 
     def __post_init__(self) -> None:
-        if not self.methods:
-            raise ValueError("compare needs at least one method")
-        if not self.seeds:
-            raise ValueError("compare needs at least one seed")
+        """Every option that can be checked alone, as a ``UserError`` naming it (``check_compare`` checks the runs)."""
+        for option, values, example in (
+            ("methods", self.methods, "--methods simpo amapo"),
+            ("seeds", self.seeds, "--seeds 1 2 3"),
+        ):
+            if not values:
+                raise UserError(f"--{option} needs at least one value, e.g. {example}")
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:  # two runs would share a folder
+                raise UserError(f"--{option} lists {', '.join(twice)} twice: give each once")
+        for method in self.methods:
+            check_method("methods", method)
+        for beta in self.beta_sweep:
+            check_number("beta_sweep", beta, "> 0")
+        if len(set(self.beta_sweep)) != len(self.beta_sweep):
+            raise UserError(f"--beta_sweep lists a beta twice: {' '.join(f'{b:g}' for b in self.beta_sweep)}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise UserError(f"--max_steps must be -1 (the recipe's budget) or >= 1, got {self.max_steps}")
+        for option in ("eval_steps", "max_generations", "max_new_tokens"):
+            check_number(option, getattr(self, option), ">= 1")
 
 
 @dataclass
@@ -80,8 +100,8 @@ class RunResult:
     curve: dict[str, list[list[float]]]  # eval set -> [[step, accuracy], ...]
 
 
-def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path):
-    """Write this run's recipe (the shared one, loss options reset to the method's defaults) and train it."""
+def recipe_values(config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path) -> dict:
+    """This run's recipe: the shared one, loss options reset to the method's defaults, compare's schedule."""
     values = {k: v for k, v in load_recipe(config.recipe).items() if k not in LOSS_OPTIONS}
     values.update(
         method=method,
@@ -97,10 +117,62 @@ def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None
         values["beta"] = beta
     if config.max_steps > 0:
         values["max_steps"] = config.max_steps
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recipe = run_dir / "recipe.yaml"
+    return values
+
+
+def parse_recipe(values: dict, folder: Path):
+    """The checked ``TrainConfig`` of ``values``, written as ``folder/recipe.yaml`` (parsed as ``amapo train``)."""
+    recipe = folder / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(values, sort_keys=True))
-    train_config = parse_train_args(["--config", str(recipe)])
+    return parse_train_args(["--config", str(recipe)])
+
+
+def run_tag(method: str, beta: float | None) -> str:
+    return method if beta is None else f"{method}-beta{beta:g}"
+
+
+def check_compare(config: CompareConfig) -> None:
+    """Before the first run trains: every (method, beta) run's options parse as ``amapo train`` would, the recipe's
+    model and data paths exist, and the analysis and generation sets are eval sets of the recipe."""
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file: give a folder for the report and its runs")
+    try:
+        load_recipe(config.recipe)
+    except UserError as err:
+        raise UserError(f"--recipe: {str(err).removeprefix('--config: ')}") from None
+    betas: list[float | None] = list(config.beta_sweep) or [None]
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in config.methods:
+            for beta in betas:
+                values = recipe_values(config, method, config.seeds[0], beta, output_dir / "runs" / "check")
+                try:
+                    train_config = parse_recipe(values, Path(tmp))
+                except UserError as err:
+                    raise UserError(f"--recipe {config.recipe} for the {run_tag(method, beta)} runs: {err}") from None
+    try:
+        for option in ("model_name_or_path", "ref_model_name_or_path"):
+            check_local_path(option, getattr(train_config, option))
+        for option, source in dataset_sources(train_config):
+            check_local_path(option, source, data=True)
+    except UserError as err:
+        raise UserError(f"--recipe {config.recipe}: {err}") from None
+    sets = sorted(parse_named_set(entry)[0] for entry in train_config.eval_datasets)
+    wanted = [("analysis_set", config.analysis_set)]
+    if config.generate:
+        wanted += [("generation_sets", name) for name in config.generation_sets]
+    for option, name in wanted:
+        if name not in sets:
+            raise UserError(
+                f"--{option} {name} is not an eval set of the recipe {config.recipe} (its eval_datasets: "
+                f"{', '.join(sets) or 'none'}): name one of them"
+            )
+
+
+def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path):
+    """Write this run's recipe into its folder and train it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_config = parse_recipe(recipe_values(config, method, seed, beta, run_dir), run_dir)
     return train_config, run_training(train_config)
 
 
@@ -118,8 +190,6 @@ def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dic
     if loss_fn.needs_reference:
         ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(train_config.model_name_or_path))
     sets = {name: (source, split) for name, source, split in map(parse_named_set, train_config.eval_datasets)}
-    if config.analysis_set not in sets:
-        raise ValueError(f"analysis_set {config.analysis_set!r} is not an eval set of the recipe: {sorted(sets)}")
     source, split = sets[config.analysis_set]
     tokenized = prepare_split(source, split, tokenizer, train_config, loss_fn.needs_offsets)
     batch = train_config.per_device_train_batch_size  # AMaPO's statistics over a training-sized batch
@@ -146,6 +216,7 @@ def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dic
 def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     """Train and measure every (method, beta, seed), then write the report; returns the report file."""
     console = console or Console()
+    check_compare(config)
     output_dir = Path(config.output_dir)
     betas: list[float | None] = list(config.beta_sweep) or [None]
     results: list[RunResult] = []
@@ -153,7 +224,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     for method in config.methods:
         for beta in betas:
             for seed in config.seeds:
-                tag = method if beta is None else f"{method}-beta{beta:g}"
+                tag = run_tag(method, beta)
                 run_dir = output_dir / "runs" / f"{tag}-seed{seed}"
                 console.print(f"[bold]compare[/bold]: training {tag}, seed {seed}")
                 train_config, trained = run_recipe(config, method, seed, beta, run_dir)

@@ -12,17 +12,32 @@ import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
-from amapo.data import load_preference_dataset, tokenize_dataset
 from amapo.data.tokenization import check_rendering
+from amapo.data.truncation import TRUNCATION_MODES
+from amapo.errors import UserError
+from amapo.evaluation.checks import check_data_path, check_method, check_model_path, check_number
 from amapo.evaluation.generation import generate_responses, write_alpacaeval
 from amapo.evaluation.plots import plot_margin_histograms
 from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_with_loss
+from amapo.evaluation.sets import (
+    MAPPING_EXAMPLE,
+    SET_EXAMPLE,
+    EvalSet,
+    check_named_sets,
+    column_mapping,
+    given_sets,
+    load_set,
+    run_role_mapping,
+    run_sets,
+    token_limits,
+)
 from amapo.losses import PreferenceLoss, build_loss, loss_spec
-from amapo.train.report import CONFIG_FILE
+from amapo.train.options import parse_json_mapping
+from amapo.train.preflight import looks_local
+from amapo.train.report import CONFIG_FILE, print_table
 
 RESULTS_FILE = "eval_results.json"
 
@@ -33,7 +48,9 @@ class EvalConfig:
     datasets: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT' (SOURCE: file, folder, Hub, builtin:)."
+            "help": "Eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT' (SOURCE: file, folder, Hub, builtin:). "
+            "Default: the eval sets of the `amapo train` run in model_name_or_path (its eval_split, named 'eval', "
+            "and its eval_datasets)."
         },
     )
     method: str | None = field(
@@ -51,7 +68,10 @@ class EvalConfig:
     chat_rendering: str | None = field(
         default=None, metadata={"help": "amapo or handbook (as in training). Default: the training run's, else amapo."}
     )
-    column_mapping: str | None = field(default=None, metadata={"help": "JSON column mapping, as for training."})
+    column_mapping: str | None = field(
+        default=None,
+        metadata={"help": "JSON column mapping, as for training. Default: the training run's; '{}' for none."},
+    )
     generate: bool = field(default=False, metadata={"help": "Also sample answers to each set's prompts."})
     max_generations: int = field(default=256, metadata={"help": "Prompts to answer per set."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens per generated answer."})
@@ -60,53 +80,113 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
 
     def __post_init__(self) -> None:
+        """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
+        for option in ("batch_size", "max_generations", "max_new_tokens", "max_length", "max_prompt_length"):
+            check_number(option, getattr(self, option), ">= 1")
+        check_number("beta", self.beta, "> 0")
+        check_number("temperature", self.temperature, ">= 0")
+        if self.truncation_mode is not None and self.truncation_mode not in TRUNCATION_MODES:
+            raise UserError(
+                f"--truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation_mode!r}"
+            )
         if self.chat_rendering is not None:
             check_rendering(self.chat_rendering)
-        for entry in self.datasets:
-            if "=" not in entry:
-                raise ValueError(f"datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
-
-
-def parse_named_set(entry: str) -> tuple[str, str, str]:
-    name, _, source = entry.partition("=")
-    source, _, split = source.partition("@")
-    return name, source, split or "train"
+        if self.method is not None:
+            check_method("method", self.method)
+        parse_json_mapping("column_mapping", self.column_mapping, MAPPING_EXAMPLE)
+        check_named_sets("datasets", self.datasets)
 
 
 def trained_config(model_dir: str) -> dict[str, Any]:
     """The resolved config an ``amapo train`` run saved beside its model, or {} for other models."""
-    path = Path(model_dir) / CONFIG_FILE
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+    path = Path(model_dir).expanduser() / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the run's options in {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} is not the options of an `amapo train` run (not a mapping)")
+    return values
 
 
-def loss_for_model(method: str | None, trained: dict[str, Any], beta: float | None = None) -> PreferenceLoss:
+def loss_for_model(
+    method: str | None, trained: dict[str, Any], beta: float | None = None, option: str = "method"
+) -> PreferenceLoss:
     """The method's loss with the options the model was trained with (so its reward definition)."""
     name = method or trained.get("method")
     if name is None:
-        raise ValueError("the model has no amapo_config.yaml: pass --method to choose the reward definition")
+        raise UserError(
+            f"the model has no {CONFIG_FILE} of an `amapo train` run to say how it was trained: pass --{option} "
+            "(e.g. --method simpo) to choose whose implicit reward ranks the pairs"
+        )
+    check_method(option, name)
     accepted = loss_spec(name).defaults()
     options = {
         k: trained[k] for k in accepted if k in trained and trained[k] is not None and name == trained.get("method")
     }
     if beta is not None:
         options["beta"] = beta
-    return build_loss(name, **options)
+    try:
+        return build_loss(name, **options)
+    except ValueError as err:  # an option the method does not take, or a value it refuses
+        raise UserError(f"--{option} {name}: {err}") from None
 
 
-def load_for_scoring(model_path: str, trained: dict[str, Any], needs_reference: bool, ref_override: str | None):
-    """(tokenizer, model, reference or None) on the best device; the reference defaults to the initial policy."""
+def reference_source(trained: dict[str, Any], override: str | None, methods: str) -> str:
+    """The reference model of reference-based ``methods``: ``--ref_model_name_or_path``, else the run's reference,
+    else the run's initial policy; checked to exist where it is clearly a local path."""
+    if override:
+        return override
+    source = trained.get("ref_model_name_or_path") or trained.get("model_name_or_path")
+    if source is None:
+        raise UserError(
+            f"{methods} scores against a reference model and the model has no {CONFIG_FILE} naming one: pass "
+            "--ref_model_name_or_path (usually the model before preference training)"
+        )
+    if not is_builtin(source) and looks_local(source) and not Path(source).expanduser().exists():
+        raise UserError(
+            f"the run's reference model {source} ({CONFIG_FILE}) is not found (looked in "
+            f"{Path(source).expanduser().absolute()}): pass --ref_model_name_or_path"
+        )
+    return source
+
+
+def check_positions(model_path: str, max_length: int) -> None:
+    """``max_length`` fits the model's positions (read from its config, which is cheap; unreadable: left to loading)."""
+    from transformers import AutoConfig
+
+    try:
+        positions = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return
+    if positions is not None and max_length > positions:
+        raise UserError(
+            f"--max_length {max_length} exceeds the {positions} positions of the model (max_position_embeddings): "
+            f"use --max_length {positions} or less"
+        )
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_models(model_path: str, ref_source: str | None):
+    """(model, reference or None) on the best device; safetensors only (a pickled checkpoint can run code)."""
+    from transformers import AutoModelForCausalLM
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).to(device)
-    if not needs_reference:
-        return tokenizer, model, None
-    ref_source = ref_override or trained.get("ref_model_name_or_path") or trained.get("model_name_or_path")
     if ref_source is None:
-        raise ValueError("a reference-based method needs a reference model: pass --ref_model_name_or_path")
+        return model, None
     ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(ref_source), use_safetensors=True).to(device)
-    return tokenizer, model, ref_model
+    return model, ref_model
 
 
 def print_metric_table(title: str, key_name: str, results: dict[str, dict[str, float]], columns, console) -> None:
@@ -118,54 +198,98 @@ def print_metric_table(title: str, key_name: str, results: dict[str, dict[str, f
         table.add_column(column, justify="right")
     for name, metrics in results.items():
         table.add_row(name, *(f"{metrics[c]:.3f}" if c in metrics else "-" for c in shown))
-    console.print(table)
+    print_table(table, console)
+
+
+def say(console: Console, text: str) -> None:
+    """One line as written: no markup (splits hold brackets: "train[:90%]"), no wrapping at the console's width."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def eval_sets(config: EvalConfig, trained: dict[str, Any], console: Console) -> list[EvalSet]:
+    """``--datasets``, else the eval sets of the training run in the model folder (announced in one line)."""
+    if config.datasets:
+        return given_sets("datasets", config.datasets)
+    sets = run_sets(trained, config.model_name_or_path)
+    if not sets:
+        why = (
+            f"the run in {config.model_name_or_path} had no eval sets (no eval_split or eval_datasets in its "
+            f"{CONFIG_FILE})"
+            if trained
+            else f"{config.model_name_or_path} has no {CONFIG_FILE} of an `amapo train` run to take them from"
+        )
+        raise UserError(f"no eval sets: pass --datasets NAME=SOURCE[@SPLIT] ..., e.g. --datasets {SET_EXAMPLE}; {why}")
+    names = ", ".join(f"{s.name}={s.source}@{s.split}" for s in sets)
+    say(console, f"amapo eval: no --datasets given: using the eval sets of the run ({sets[0].origin}): {names}")
+    return sets
 
 
 def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, dict[str, float]]:
     """Per eval set: ranking accuracy, reward-margin distribution, gradient indicators (and generations).
 
-    Writes ``eval_results.json``, ``reward_margins.png`` and, with ``generate``, ``alpacaeval_<set>.json``.
+    Everything that can fail on the user's input fails first: options, paths, the method, then every set loaded
+    and tokenized (the tokenizer is cheap) before the model loads; the output folder is made only when the results
+    are ready. Writes ``eval_results.json``, ``reward_margins.png`` and, with ``generate``,
+    ``alpacaeval_<set>.json``.
     """
-    if not config.datasets:
-        raise ValueError("amapo eval needs at least one --datasets NAME=SOURCE[@SPLIT]")
     console = console or Console()
+    check_model_path("model_name_or_path", config.model_name_or_path)
+    check_model_path("ref_model_name_or_path", config.ref_model_name_or_path)
     trained = trained_config(config.model_name_or_path)
+    sets = eval_sets(config, trained, console)
+    for eval_set in sets:
+        check_data_path(eval_set.label, eval_set.source)
     loss_fn = loss_for_model(config.method, trained, config.beta)
-    model_path = resolve_source(config.model_name_or_path)
-    tokenizer, model, ref_model = load_for_scoring(
-        model_path, trained, loss_fn.needs_reference, config.ref_model_name_or_path
+    ref_source = None
+    if loss_fn.needs_reference:
+        method = config.method or trained.get("method")
+        ref_source = reference_source(trained, config.ref_model_name_or_path, f"method {method!r}")
+    mapping, note = column_mapping(config.column_mapping, trained)
+    if note:
+        say(console, f"amapo eval: using {note}")
+    limits = token_limits(
+        trained,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        truncation_mode=config.truncation_mode,
+        chat_rendering=config.chat_rendering,
     )
-
+    model_path = resolve_source(config.model_name_or_path)
     output_dir = Path(config.output_dir or Path(model_path) / "eval")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    limits = {
-        "max_length": config.max_length or trained.get("max_length", 1024),
-        "max_prompt_length": config.max_prompt_length or trained.get("max_prompt_length", 512),
-        "truncation_mode": config.truncation_mode or trained.get("truncation_mode", "keep_end"),
-        "rendering": config.chat_rendering or trained.get("chat_rendering", "amapo"),  # the tokens it was trained on
-    }
-    mapping = json.loads(config.column_mapping) if config.column_mapping else None
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file: give a folder for the results")
+    check_positions(model_path, limits["max_length"])
+    tokenizer = load_tokenizer(model_path)
+    roles = run_role_mapping(trained)
+    data = {s.name: load_set(s, tokenizer, limits, mapping, note, roles) for s in sets}  # all checked before scoring
+
+    model, ref_model = load_models(model_path, ref_source)
     results: dict[str, dict[str, float]] = {}
     margins: dict[str, np.ndarray] = {}
-    for entry in config.datasets:
-        name, source, split = parse_named_set(entry)
-        pairs = load_preference_dataset(resolve_source(source), split=split, column_mapping=mapping)
-        tokenized = tokenize_dataset(pairs, tokenizer, **limits)
+    answers: dict[str, tuple[list[str], list[str]]] = {}
+    for eval_set in sets:
+        pairs, tokenized = data[eval_set.name]
         logps = compute_pair_logps(
             model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, ref_model=ref_model
         )
         scores = score_with_loss(logps, loss_fn, config.batch_size)
-        results[name] = {"pairs": float(len(scores.scores)), **scores.summary()}
+        results[eval_set.name] = {"pairs": float(len(scores.scores)), **scores.summary()}
         if {"chosen_reward", "rejected_reward"} <= set(pairs.column_names):
-            results[name]["true_reward_accuracy"] = true_reward_accuracy(scores, pairs)
+            results[eval_set.name]["true_reward_accuracy"] = true_reward_accuracy(scores, pairs)
         if config.generate:
-            results[name].update(
-                generation_metrics(model, tokenizer, pairs, config, name, is_builtin(source), output_dir)
+            metrics, answers[eval_set.name] = generation_metrics(
+                model, tokenizer, pairs, config, is_builtin(eval_set.source)
             )
-        margins[name] = scores.scores
+            results[eval_set.name].update(metrics)
+        margins[eval_set.name] = scores.scores
+
+    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    if margins:
-        plot_margin_histograms(margins, output_dir / "reward_margins.png")
+    for name, (prompts, outputs) in answers.items():
+        write_alpacaeval(
+            output_dir / f"alpacaeval_{name}.json", prompts, outputs, Path(config.model_name_or_path).name, name
+        )
+    plot_margin_histograms(margins, output_dir / "reward_margins.png")
     print_eval_table(results, console)
     return results
 
@@ -177,7 +301,8 @@ def true_reward_accuracy(scores: PairScores, pairs) -> float:
     return float((np.sign(scores.scores[decided]) == truth[decided]).mean()) if decided.any() else float("nan")
 
 
-def generation_metrics(model, tokenizer, pairs, config: EvalConfig, name: str, builtin: bool, output_dir: Path):
+def generation_metrics(model, tokenizer, pairs, config: EvalConfig, builtin: bool):
+    """(length and, on the built-in task, true reward of sampled answers; (prompts, answers))."""
     prompts = list(pairs["prompt"][: config.max_generations])
     answers = generate_responses(
         model,
@@ -188,16 +313,13 @@ def generation_metrics(model, tokenizer, pairs, config: EvalConfig, name: str, b
         batch_size=config.batch_size,
         seed=config.seed,
     )
-    write_alpacaeval(
-        output_dir / f"alpacaeval_{name}.json", prompts, answers, Path(config.model_name_or_path).name, name
-    )
     lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in answers]
     metrics = {"generation/length": float(np.mean(lengths)) if lengths else 0.0}
     if builtin:  # the built-in task knows the true reward of any answer
         metrics["generation/true_reward"] = float(
             np.mean([true_reward(p, a) for p, a in zip(prompts, answers, strict=True)])
         )
-    return metrics
+    return metrics, (prompts, answers)
 
 
 def print_eval_table(results: dict[str, dict[str, float]], console: Console) -> None:

@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics to a JSONL file, and a progress bar that shows the live loss and ranking accuracy."""
+"""Trainer callbacks: metrics to a JSONL file, a progress bar that shows the live loss and ranking accuracy, and
+checkpoint weights readable as the umask says."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from amapo.train.report import fix_saved_file_modes
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -35,3 +39,12 @@ class LiveProgressCallback(ProgressCallback):
         if "margin/mean" in logs:
             postfix["margin"] = f"{logs['margin/mean']:.3f}"
         self.training_bar.set_postfix(postfix, refresh=False)
+
+
+class SavedFileModesCallback(TrainerCallback):
+    """After each checkpoint save, give its ``*.safetensors`` the umask's mode (``report.fix_saved_file_modes``:
+    safetensors writes them 0o600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            fix_saved_file_modes(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

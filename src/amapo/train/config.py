@@ -1,264 +1,48 @@
-"""Every option of ``amapo train``, declared once: the same names serve the YAML recipe, the CLI and Python.
-
-``TrainConfig`` extends transformers' ``TrainingArguments`` (learning rate, batch sizes, schedule, precision,
-checkpointing, ``report_to``, ...) with the model, data and loss options. ``amapo train --help`` lists all of them.
+"""Every option of ``amapo train``: amapo's own (``amapo.train.options``) on top of transformers' ``TrainingArguments``
+(learning rate schedule, precision, checkpointing, ``report_to``, DeepSpeed, ...). ``amapo train --help-all``
+lists all of them.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, fields
 
 from transformers import TrainingArguments
 
-from amapo.data.collator import LAYOUTS
-from amapo.data.tokenization import check_rendering
 from amapo.errors import UserError
-from amapo.losses import build_loss, loss_spec
-from amapo.losses.base import PreferenceLoss
+from amapo.losses import loss_spec
+from amapo.train.options import TrainOptions, check_number
 
-# Loss options exposed as top-level flags; None means "the method's own default" (see ``amapo.losses``).
-LOSS_OPTIONS = (
-    "beta",
-    "gamma_beta_ratio",
-    "label_smoothing",
-    "nll_weight",
-    "alpha",
-    "focal_gamma",
-    "momentum",
-    "offset_transform",
-    "znorm",
-    "exp_scaling",
-    "zero_margin",
-)
-MARGIN_STATS = ("micro_batch", "all_ranks", "optimizer_step")
-TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
-BATCH_LAYOUTS = ("auto", *LAYOUTS)
+# TrainingArguments' numeric options with a range of their own: (test, the rule in words).
+TRAINING_ARGUMENT_RULES = {
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "max_grad_norm": (lambda v: v >= 0, ">= 0"),
+    "adam_epsilon": (lambda v: v > 0, "> 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_steps": (lambda v: v == -1 or v > 0, "-1 (off) or > 0"),
+}
 
 
 @dataclass
-class TrainConfig(TrainingArguments):
-    # --- model ------------------------------------------------------------------------------------------------
-    model_name_or_path: str = field(
-        default="builtin:tiny-llama",
-        metadata={"help": "Hub id or local folder of a causal LM; 'builtin:tiny-llama' is the built-in tiny policy."},
-    )
-    ref_model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Reference model for reference-based methods (default: the initial policy). Never loaded "
-            "for reference-free methods."
-        },
-    )
-    precompute_ref_logps: bool = field(
-        default=False,
-        metadata={"help": "Compute reference log-probs once before training, then free the reference model."},
-    )
-    torch_dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "Weights dtype when loading: float32, bfloat16, float16 or auto (the checkpoint's). Default: "
-            "float32 when every weight is trained (AdamW's updates need an fp32 copy; add --bf16 true for bf16 "
-            "compute), auto with LoRA."
-        },
-    )
-    allow_low_precision_weights: bool = field(
-        default=False,
-        metadata={
-            "help": "Train every weight stored in bf16/fp16 without an fp32 master copy (refused otherwise: small "
-            "updates round away). DeepSpeed keeps fp32 master weights and needs no opt-in."
-        },
-    )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "Set the model's dropout to 0 (as TRL and AMaPO's release do); LoRA dropout is kept."},
-    )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2 (default: transformers')."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub. Off by default."})
-    batch_layout: str = field(
-        default="auto",
-        metadata={
-            "help": "How a batch of pairs is laid out for the forward pass: shared_prompt (prompt once per pair, "
-            "needs eager/sdpa attention), packed (no padding, for flash-attention), padded, or auto (shared_prompt "
-            "on eager/sdpa, packed on flash-attention, padded otherwise)."
-        },
-    )
-    lm_head_chunk_size: int = field(
-        default=0,
-        metadata={"help": "Response tokens per LM-head chunk (0: as many as keep a chunk's fp32 logits <= 128 MiB)."},
-    )
-    chat_template: str | None = field(
-        default=None, metadata={"help": "Chat template (Jinja string or .jinja path) overriding the tokenizer's."}
-    )
-    chat_rendering: str = field(
-        default="amapo",
-        metadata={
-            "help": "How pairs become tokens: amapo (the prompt with the generation prompt, the response is the "
-            "answer, EOS ends it) or handbook (alignment-handbook's, as AMaPO's and SimPO's released trainers: the "
-            "assistant header is part of the response, an empty system message where the template has one, EOS "
-            "appended, their truncation rule)."
-        },
-    )
-    # --- LoRA -------------------------------------------------------------------------------------------------
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt ('all-linear' = every linear)."}
-    )
-    # --- data -------------------------------------------------------------------------------------------------
-    dataset: str = field(
-        default="builtin:reverse",
-        metadata={
-            "help": "Hub dataset name, or a local .json/.jsonl/.parquet/.csv file or folder; "
-            "'builtin:reverse' is the built-in synthetic task."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_split: str = field(default="train", metadata={"help": "Training split, slicing allowed: 'train[:90%%]'."})
-    dataset_shuffle_seed: int | None = field(
-        default=None,
-        metadata={
-            "help": "Shuffle the rows of `dataset`'s train and eval splits once, before training, with datasets' "
-            "Dataset.shuffle(seed): alignment-handbook's loader (AMaPO's and SimPO's releases) does so with seed 42, "
-            "and their random sampler then drew from that order. Default: the file's order."
-        },
-    )
-    eval_split: str | None = field(
-        default=None, metadata={"help": "Split of `dataset` to evaluate on, e.g. 'test' or 'train[90%%:]'."}
-    )
-    eval_datasets: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Extra named eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT'; 'none' clears them."},
-    )
-    column_mapping: str | None = field(
-        default=None,
-        metadata={"help": 'JSON mapping standard names to columns, dotted paths allowed: {"chosen": "response_j"}.'},
-    )
-    max_length: int = field(default=1024, metadata={"help": "Max tokens of prompt + response."})
-    max_prompt_length: int = field(default=512, metadata={"help": "Max prompt tokens when truncation is needed."})
-    truncation_mode: str = field(
-        default="keep_end", metadata={"help": "Prompt truncation: keep_end (last tokens) or keep_start."}
-    )
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenizing the dataset."})
-    offset_column: str = field(default="offset", metadata={"help": "Dataset column with ODPO's per-pair offset."})
-    # --- loss -------------------------------------------------------------------------------------------------
-    method: str = field(
-        default="amapo",
-        metadata={"help": "Loss: amapo, amapo-released, simpo, dpo, ... (see `amapo.losses.available_losses()`)."},
-    )
-    beta: float | None = field(default=None, metadata={"help": "Reward scale beta (default: the method's)."})
-    gamma_beta_ratio: float | None = field(default=None, metadata={"help": "SimPO / alpha-DPO target margin / beta."})
-    label_smoothing: float | None = field(default=None, metadata={"help": "cDPO label smoothing (sigmoid links)."})
-    nll_weight: float | None = field(default=None, metadata={"help": "Weight of the NLL term on chosen (CPO)."})
-    alpha: float | None = field(default=None, metadata={"help": "ODPO offset scale / alpha-DPO alpha."})
-    focal_gamma: float | None = field(default=None, metadata={"help": "FocalPO exponent."})
-    momentum: float | None = field(default=None, metadata={"help": "alpha-DPO running-statistics momentum."})
-    offset_transform: str | None = field(default=None, metadata={"help": "ODPO offset transform: log or identity."})
-    znorm: bool | None = field(default=None, metadata={"help": "AMaPO: Z-normalize the margin (ablation: false)."})
-    exp_scaling: bool | None = field(default=None, metadata={"help": "AMaPO: exponential scaling (ablation: false)."})
-    zero_margin: bool | None = field(default=None, metadata={"help": "AMaPO: zero margin for pairs ranked right."})
-    margin_stats: str | None = field(
-        default=None,
-        metadata={
-            "help": "Batch over which adaptive margins take mu/sigma: micro_batch (this device's; the default), "
-            "all_ranks (every data-parallel rank's micro-batch, all-gathered) or optimizer_step (all ranks and all "
-            "accumulation micro-batches: one extra no-grad forward per step). See also margin_pool_size."
-        },
-    )
-    margin_pool_size: int = field(
-        default=0,
-        metadata={
-            "help": "Take adaptive margins' mu/sigma over pools of exactly N pairs of the optimizer step, in the "
-            "order the sampler drew them, however many processes and accumulation steps hold it (N must divide "
-            "processes x per-device batch x accumulation steps). 0: off (margin_stats decides)."
-        },
-    )
-    # --- reliability ------------------------------------------------------------------------------------------
-    drop_invalid_rows: bool = field(
-        default=False,
-        metadata={
-            "help": "Drop rows that fail validation (reported per reason) instead of stopping with an error "
-            "that names the row, field and reason."
-        },
-    )
-    max_nonfinite_steps: int = field(
-        default=3,
-        metadata={
-            "help": "Stop after this many optimizer steps in a row with a non-finite loss or gradient (each is "
-            "skipped and logged with its rows); the last good checkpoint stays. 0: never stop."
-        },
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an output_dir that already holds a run."}
-    )
-    # --- TrainingArguments defaults that differ for preference training ---------------------------------------
-    output_dir: str | None = field(default="outputs/amapo", metadata={"help": "Where the model, metrics and card go."})
-    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate (AdamW)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warm-up."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training pairs."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per micro-batch."})
-    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per device per eval batch."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "Checkpoint schedule: no, steps or epoch."})
-    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep dataset columns (the collator needs them)."}
-    )
-    train_sampling_strategy: str = field(
-        default="random",
-        metadata={
-            "help": "Training sampler: random (default, as TRL and AMaPO's release), sequential, group_by_length "
-            "(batches of similar length: less padding, but AMaPO's statistics then pool length-matched pairs) or "
-            "batch_rebalance."
-        },
-    )
+class TrainConfig(TrainOptions, TrainingArguments):
+    """``TrainOptions`` + ``TrainingArguments``; building one validates every option, before anything loads."""
 
     def __post_init__(self) -> None:
         try:
             super().__post_init__()
         except ValueError as err:  # transformers' own option checks (e.g. bf16 on a machine without support)
             raise UserError(" ".join(str(err).split())) from None
-        if self.truncation_mode not in ("keep_end", "keep_start"):
-            raise UserError(f"--truncation_mode must be keep_end or keep_start, got {self.truncation_mode!r}")
-        if not 0 < self.max_prompt_length < self.max_length:
-            raise UserError(
-                f"need 0 < --max_prompt_length < --max_length, got max_prompt_length={self.max_prompt_length}, "
-                f"max_length={self.max_length}"
-            )
-        if self.max_nonfinite_steps < 0:
-            raise UserError(f"--max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
-        if self.batch_layout not in BATCH_LAYOUTS:
-            raise UserError(f"--batch_layout must be one of {', '.join(BATCH_LAYOUTS)}, got {self.batch_layout!r}")
-        if self.lm_head_chunk_size < 0:
-            raise UserError(f"--lm_head_chunk_size must be >= 0, got {self.lm_head_chunk_size}")
-        check_rendering(self.chat_rendering)
-        if self.torch_dtype not in (None, *TORCH_DTYPES):
-            raise UserError(f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
-        try:
-            loss_spec(self.method)  # unknown method: a clear error listing the known ones
-        except ValueError as err:
-            raise UserError(f"--method: {err}") from None
-        self.build_loss()  # an option the method does not take, or a bad value: a clear error now, not after loading
+        self.check()
+        self.check_method()
+        for f in fields(TrainingArguments):  # transformers' own options: finite, and in range where it matters
+            value = getattr(self, f.name)
+            check_number(f.name, value)
+            test, rule = TRAINING_ARGUMENT_RULES.get(f.name, (None, ""))
+            if test is not None and value is not None and not test(value):
+                raise UserError(f"--{f.name} must be {rule}, got {value}")
         self.margin_pool()  # a pool size that cannot work: a clear error now
-        if isinstance(self.column_mapping, str):
-            try:
-                parsed = json.loads(self.column_mapping)
-            except json.JSONDecodeError as e:
-                raise UserError(f"--column_mapping must be a JSON object: {e}") from None
-            if not isinstance(parsed, dict):
-                raise UserError("--column_mapping must be a JSON object mapping standard names to columns")
-        if self.eval_datasets == ["none"]:
-            self.eval_datasets = []
-        for entry in self.eval_datasets:
-            if "=" not in entry:
-                raise UserError(f"--eval_datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
 
     def margin_pool(self) -> tuple[str, int | None]:
         """(which batch the loss's statistics see, the pool size cut from it or None for all of it).
@@ -267,8 +51,6 @@ class TrainConfig(TrainingArguments):
         the per-device batch, every rank's micro-batch when N divides processes x per-device batch, else the
         whole optimizer step (one extra no-grad forward per step), which N must divide.
         """
-        if self.margin_stats is not None and self.margin_stats not in MARGIN_STATS:
-            raise UserError(f"--margin_stats must be one of {', '.join(MARGIN_STATS)}, got {self.margin_stats!r}")
         size = self.margin_pool_size
         if size == 0:
             return self.margin_stats or "micro_batch", None
@@ -306,32 +88,3 @@ class TrainConfig(TrainingArguments):
         if self.torch_dtype is not None:
             return self.torch_dtype
         return "auto" if self.use_peft else "float32"
-
-    def column_mapping_dict(self) -> dict[str, str] | None:
-        if self.column_mapping is None or isinstance(self.column_mapping, dict):
-            return self.column_mapping
-        return json.loads(self.column_mapping)
-
-    def loss_options(self) -> dict[str, Any]:
-        """The loss options set by the user, checked against what ``method`` accepts."""
-        chosen = {name: getattr(self, name) for name in LOSS_OPTIONS if getattr(self, name) is not None}
-        accepted = set(loss_spec(self.method).defaults())
-        unknown = sorted(set(chosen) - accepted)
-        if unknown:
-            raise UserError(
-                f"option {', '.join('--' + u for u in unknown)} does not apply to method {self.method!r}; "
-                f"it takes: {', '.join(sorted(accepted))}"
-            )
-        return chosen
-
-    def build_loss(self) -> PreferenceLoss:
-        """The loss with this run's options; which batch its statistics pool is wired by the trainer."""
-        options = self.loss_options()
-        try:
-            return build_loss(self.method, **options)
-        except ValueError as err:  # a value the loss refuses, e.g. beta <= 0
-            raise UserError(f"method {self.method!r}: {err}") from None
-
-    def resolved_loss_options(self) -> dict[str, Any]:
-        """Every option of the method, defaults included: what the run really used."""
-        return {**loss_spec(self.method).defaults(), **self.loss_options()}

@@ -1,43 +1,155 @@
-"""From a YAML recipe and command-line flags of the same names to a ``TrainConfig``."""
+"""From a YAML recipe and command-line flags of the same names to a ``TrainConfig``, checked in two passes.
+
+1. amapo's own options (``TrainOptions``) are parsed and checked first, without transformers'
+   ``TrainingArguments`` (whose import takes seconds): a bad option, a missing file or a bad dataset row is
+   reported in about the time of ``import torch``; ``--help`` imports neither.
+2. Then everything, ``TrainingArguments`` included, becomes the ``TrainConfig`` the run uses.
+
+Which defaults apply: a recipe's (``--config``) over the dataclass defaults, flags over both. With no recipe,
+no model and no dataset, the packaged ``builtin`` recipe runs (the laptop demo). With the built-in model
+(``--model_name_or_path builtin:tiny-llama``) and no recipe, the options that fit that model come from the
+``builtin`` recipe (``BUILTIN_MODEL_OPTIONS``); its synthetic data and eval sets never join a run on your data.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import yaml
-from transformers import HfArgumentParser
 
+from amapo.errors import UserError
 from amapo.recipes import available_recipes, recipe_path
-from amapo.train.config import TrainConfig
+from amapo.train.options import TrainOptions
+
+if TYPE_CHECKING:
+    from amapo.train.config import TrainConfig
 
 DESCRIPTION = """Train a causal LM on preference pairs. A recipe (--config, YAML) sets options; flags of the same
-names override it. With neither --config nor --model_name_or_path, the packaged 'builtin' recipe runs: a
-complete job on a laptop CPU."""
+names override it. With no --config, --model_name_or_path or --dataset, the packaged 'builtin' recipe runs: a
+complete job on a laptop CPU. The defaults shown are those of a run on your own model and data."""
+
+EPILOG = """Every option of transformers' TrainingArguments is accepted too (--report_to, --bf16, --deepspeed,
+--gradient_accumulation_steps, --max_steps, --eval_strategy, ...): `amapo train --help-all` lists them all."""
+
+BUILTIN_RECIPE = "builtin"
+BUILTIN_MODEL = "builtin:tiny-llama"
+# What the built-in tiny model needs whatever the data: a short max_length, a learning rate that moves 0.1M
+# parameters, fp32 on the CPU. The recipe's data, eval sets and output folder stay out of other runs.
+BUILTIN_MODEL_OPTIONS = (
+    "learning_rate",
+    "max_length",
+    "max_prompt_length",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "torch_dtype",
+    "use_cpu",
+    "dataloader_num_workers",
+)
 
 
 def load_recipe(name_or_path: str) -> dict:
-    path = recipe_path(name_or_path)
-    values = yaml.safe_load(path.read_text()) or {}  # safe loader: nothing in a config runs as code
+    """The options of a recipe (a YAML path or a packaged name); its keys are checked against the options later."""
+    try:
+        path = recipe_path(name_or_path)
+    except FileNotFoundError as err:
+        raise UserError(f"--config: {err}") from None
+    try:
+        values = yaml.safe_load(path.read_text()) or {}  # safe loader: nothing in a config runs as code
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{where}: not a valid YAML recipe ({problem}); plain option: value lines only") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--config: cannot read {path}: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a recipe must be a mapping of option: value")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)} (see `amapo train --help`)")
+        raise UserError(f"{path}: a recipe must be a mapping of option: value, got a {type(values).__name__}")
     return values
 
 
-def parse_train_args(argv: list[str]) -> TrainConfig:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(TrainConfig, prog="amapo train", description=DESCRIPTION)
-    parser.add_argument("--config", default=None, help=f"YAML recipe: a path or one of {available_recipes()}.")
+def given_options(argv: list[str]) -> set[str]:
+    """The option names on the command line (``--name value`` and ``--name=value``)."""
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+
+
+def recipe_defaults(argv: list[str]) -> tuple[dict, str | None]:
+    """(the defaults a recipe gives this command line, where they come from) as the module docstring says."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in ("--config", "--model_name_or_path", "--dataset"):
+        pre.add_argument(name, default=None)
+    known, _ = pre.parse_known_args(argv)
+    asks_help = bool({"-h", "--help", "--help-all"} & set(argv))
     if known.config is not None:
-        parser.set_defaults(**load_recipe(known.config))
-    elif not any(a.split("=")[0] in ("--model_name_or_path", "-h", "--help") for a in rest):
-        print("amapo: no --config or --model_name_or_path: running the built-in default recipe 'builtin'")
-        parser.set_defaults(**load_recipe("builtin"))
-    config, *_ = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
+        return load_recipe(known.config), f"recipe {recipe_path(known.config)}"
+    no_data = known.dataset is None or known.dataset.startswith("builtin:")
+    if known.model_name_or_path is None and no_data and not asks_help:  # (help shows the defaults of your runs)
+        print(f"amapo: no --config, --model_name_or_path or --dataset: running the built-in recipe '{BUILTIN_RECIPE}'")
+        return load_recipe(BUILTIN_RECIPE), f"recipe {BUILTIN_RECIPE}"
+    if known.model_name_or_path == BUILTIN_MODEL:
+        recipe = load_recipe(BUILTIN_RECIPE)
+        return {k: recipe[k] for k in BUILTIN_MODEL_OPTIONS if k in recipe}, f"the defaults of {BUILTIN_MODEL}"
+    return {}, None
+
+
+def option_parser(dataclass_type, defaults: dict, **kwargs):
+    from transformers import HfArgumentParser  # (no torch: about a second)
+
+    parser = HfArgumentParser(dataclass_type, prog="amapo train", allow_abbrev=False, **kwargs)
+    parser.add_argument("--config", default=None, help=f"YAML recipe: a path or one of {available_recipes()}.")
+    parser.add_argument("--help-all", action="store_true", help="List every option, TrainingArguments' included.")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def parse_train_options(argv: list[str], defaults: dict, source: str | None) -> TrainOptions:
+    """Pass 1: amapo's own options from the recipe ``defaults`` and the flags, checked; ``--help`` exits here.
+
+    Flags that are not amapo's (TrainingArguments') are left for pass 2.
+    """
+    own = {f.name for f in fields(TrainOptions)}
+    parser = option_parser(
+        TrainOptions, {k: v for k, v in defaults.items() if k in own}, description=DESCRIPTION, epilog=EPILOG
+    )
+    options, *_ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True, look_for_args_file=False)
+    if "save_steps" in given_options(argv) and options.save_strategy == "no":
+        origin = "--save_strategy no" if "save_strategy" in given_options(argv) else f"save_strategy: no ({source})"
+        raise UserError(f"--save_steps {options.save_steps:g} has no effect with {origin}: add --save_strategy steps")
+    options.check()
+    options.check_method()
+    return options
+
+
+def parse_full(argv: list[str], defaults: dict, source: str | None) -> TrainConfig:
+    """Pass 2: every option, TrainingArguments' included, as the ``TrainConfig`` of the run."""
+    from amapo.train.config import TrainConfig
+
+    unknown = sorted(set(defaults) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise UserError(f"{source}: unknown option(s) {', '.join(unknown)} (see `amapo train --help-all`)")
+    parser = option_parser(TrainConfig, defaults, description=DESCRIPTION)
+    if "--help-all" in argv:
+        parser.print_help()
+        sys.exit(0)
+    config, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    if "eval_steps" in given_options(argv) and config.eval_strategy == "no":
+        raise UserError(
+            f"--eval_steps {config.eval_steps:g} has no effect with eval_strategy no: add --eval_strategy steps"
+        )
     return config
+
+
+def parse_train_args(argv: list[str], preflight: Callable[[TrainOptions], None] | None = None) -> TrainConfig:
+    """Both passes: the checked ``TrainConfig`` of this command line (``--help``/``--help-all`` exit here).
+
+    ``preflight`` runs between them, on amapo's options (the CLI checks files and dataset rows there).
+    """
+    defaults, source = recipe_defaults(argv)
+    if "--help-all" not in argv:
+        options = parse_train_options(argv, defaults, source)
+        if preflight is not None:
+            preflight(options)
+    return parse_full(argv, defaults, source)

@@ -1,10 +1,12 @@
-"""What keeps a long run safe: non-finite steps skipped and reported, complete checkpoints only, a checkpoint on
-SIGINT / SIGTERM, and no silent overwrite of a finished run."""
+"""What keeps a long run safe: non-finite steps skipped and reported, complete checkpoints only (an old one is
+deleted only once a newer one is complete), and a checkpoint on SIGINT / SIGTERM. The output folder itself (one run
+at a time, overwrite, resume of the same run) is ``amapo.train.run_folder``'s."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -125,24 +127,14 @@ class InterruptCallback(TrainerCallback):
 
 
 class CheckpointStateCallback(TrainerCallback):
-    """Save the loss's own state (alpha-DPO's running statistics) in each checkpoint, then mark it complete.
+    """Restore the loss's own state (alpha-DPO's running statistics) from the checkpoint a run resumes.
 
-    The marker is written last, so a checkpoint interrupted while being written has none and is never resumed
-    from (``last_complete_checkpoint``); the previous checkpoint stays intact.
+    The state is saved with each checkpoint by ``mark_checkpoint_complete``, which ``PreferenceTrainer`` calls
+    when it writes one (before old checkpoints are rotated away, which happens before any ``on_save``).
     """
 
     def __init__(self, loss_fn: torch.nn.Module) -> None:
         self.loss_fn = loss_fn
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if not folder.is_dir():
-            return
-        if self.loss_fn.state_dict():
-            torch.save(self.loss_fn.state_dict(), folder / LOSS_STATE_FILE)
-        (folder / COMPLETE_MARKER).write_text("ok\n")
 
     def restore(self, checkpoint: str | None) -> None:
         path = Path(checkpoint) / LOSS_STATE_FILE if checkpoint else None
@@ -150,23 +142,54 @@ class CheckpointStateCallback(TrainerCallback):
             self.loss_fn.load_state_dict(torch.load(path, weights_only=True))
 
 
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The highest-numbered checkpoint that was completely written, skipping any interrupted one."""
-    candidates = []
+def mark_checkpoint_complete(folder: Path, loss_fn: torch.nn.Module) -> None:
+    """Save the loss's state in a checkpoint the Trainer has written, then mark it complete.
+
+    The marker is written last, so a checkpoint interrupted while being written has none and is never resumed
+    from (``last_complete_checkpoint``) nor kept in place of a complete one (``rotate_checkpoints``).
+    """
+    if loss_fn.state_dict():
+        torch.save(loss_fn.state_dict(), folder / LOSS_STATE_FILE)
+    (folder / COMPLETE_MARKER).write_text("ok\n")
+
+
+def checkpoint_folders(output_dir: Path) -> list[tuple[int, Path, bool]]:
+    """(step, folder, complete) of every ``checkpoint-N`` in ``output_dir``, by step."""
+    found = []
     for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         number = folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
         if folder.is_dir() and number.isdigit():
-            if (folder / COMPLETE_MARKER).exists():
-                candidates.append((int(number), folder))
-            else:
-                logger.warning("ignoring incomplete checkpoint %s (interrupted while being written)", folder)
-    return max(candidates)[1] if candidates else None
+            found.append((int(number), folder, (folder / COMPLETE_MARKER).exists()))
+    return sorted(found)
 
 
-def holds_a_run(output_dir: Path) -> bool:
-    """Whether ``output_dir`` already holds an amapo run (its config, a model, or checkpoints)."""
-    path = Path(output_dir)
-    if not path.is_dir():
-        return False
-    markers = ("amapo_config.yaml", "model.safetensors", "adapter_model.safetensors", "metrics.jsonl")
-    return any((path / m).exists() for m in markers) or any(path.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The highest-numbered checkpoint that was completely written, skipping any interrupted one."""
+    complete = []
+    for _, folder, is_complete in checkpoint_folders(output_dir):
+        if is_complete:
+            complete.append(folder)
+        else:
+            logger.warning("ignoring incomplete checkpoint %s (interrupted while being written)", folder)
+    return complete[-1] if complete else None
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None, newest: Path, keep: Path | str | None = None) -> None:
+    """Keep at most ``limit`` checkpoints: delete incomplete ones first, then the oldest complete ones.
+
+    ``newest`` (the complete checkpoint just written) and ``keep`` (the best one, with ``load_best_model_at_end``)
+    are never deleted. Called only once ``newest`` is complete, so a kill at any moment leaves a complete checkpoint.
+    """
+    if not limit or limit <= 0:
+        return
+    folders = checkpoint_folders(output_dir)
+    protected = {Path(newest).resolve()} | ({Path(keep).resolve()} if keep else set())
+    candidates = [f for _, f, complete in folders if not complete] + [f for _, f, complete in folders if complete]
+    remaining = len(folders)
+    for folder in candidates:
+        if remaining <= max(limit, len(protected)):
+            break
+        if folder.resolve() not in protected:
+            logger.info("deleting checkpoint %s (save_total_limit %d)", folder, limit)
+            shutil.rmtree(folder, ignore_errors=True)
+            remaining -= 1

@@ -1,13 +1,17 @@
-"""What a run leaves for people: the resolved config, a model card, and a summary table in the terminal."""
+"""What a run leaves for people: the resolved config, a model card, weights others can read, and a summary table
+in the terminal (whole, also when piped)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 from rich.console import Console
 from rich.table import Table
+from transformers.trainer_utils import SchedulerType
 
 from amapo.losses import loss_spec
 
@@ -16,16 +20,23 @@ if TYPE_CHECKING:
     from amapo.train.run import TrainResult
 
 CONFIG_FILE = "amapo_config.yaml"
+METRICS_FILE = "metrics.jsonl"  # every log of the run, one JSON line each (``callbacks.JsonlMetricsCallback``)
 ACCURACY = "rewards/accuracies"
 
 
-def write_resolved_config(config: TrainConfig, output_dir: Path) -> None:
-    """Every option as the run used it, loss defaults filled in, loadable again with ``--config``."""
+def resolved_config(config: TrainConfig) -> dict:
+    """Every option as the run uses it, loss defaults filled in, as ``CONFIG_FILE`` records it (through YAML, so
+    it compares equal to a saved copy)."""
     values = config.to_dict()
     values.update({k: v for k, v in config.resolved_loss_options().items()})
     for key in ("_n_gpu", "local_rank"):
         values.pop(key, None)
-    (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(values, sort_keys=True))
+    return yaml.safe_load(yaml.safe_dump(values))
+
+
+def write_resolved_config(config: TrainConfig, output_dir: Path) -> None:
+    """Every option as the run used it, loadable again with ``--config`` (in the run folder and each checkpoint)."""
+    (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved_config(config), sort_keys=True))
 
 
 def accuracy_rows(result: TrainResult) -> list[tuple[str, float | None, float | None]]:
@@ -36,6 +47,31 @@ def accuracy_rows(result: TrainResult) -> list[tuple[str, float | None, float | 
             name = key.removeprefix("eval_").removesuffix("_" + ACCURACY)
             rows.append((name, result.eval_before.get(key), after))
     return rows
+
+
+def steps_trained(result: TrainResult) -> int | None:
+    """Optimizer steps the run took: ``global_step`` in its train metrics, else the step of the trainer's final
+    training log (the one with ``train_runtime``) in ``metrics.jsonl``; None if neither says."""
+    if "global_step" in result.train_metrics:
+        return int(result.train_metrics["global_step"])
+    metrics_file = Path(result.output_dir) / METRICS_FILE
+    if not metrics_file.exists():
+        return None
+    steps = [log["step"] for log in map(json.loads, metrics_file.read_text().splitlines()) if "train_runtime" in log]
+    return int(steps[-1]) if steps else None
+
+
+def training_extent(config: TrainConfig, result: TrainResult) -> str:
+    """What was trained, from what the trainer measured (a run stopped by max_steps covers part of an epoch), and
+    what bounded it."""
+    steps, epochs = steps_trained(result), result.train_metrics.get("epoch")
+    bound = f"max_steps {config.max_steps}" if config.max_steps > 0 else f"num_train_epochs {config.num_train_epochs}"
+    done = []
+    if steps is not None:
+        done.append(f"{steps} optimizer step{'s' * (steps != 1)}")
+    if epochs is not None:
+        done.append(f"{epochs:.3g} epoch{'s' * (epochs != 1)} of the training pairs")
+    return f"{', '.join(done)} ({bound})" if done else f"planned: {bound}"
 
 
 def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path) -> None:
@@ -53,8 +89,9 @@ def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path)
         "",
         f"- Method: `{config.method}`: {spec.summary}",
         f"- Loss options: {options}",
-        f"- Learning rate {config.learning_rate}, {config.lr_scheduler_type} schedule, warm-up {config.warmup_ratio}, "
-        f"{config.num_train_epochs} epoch(s), {config.per_device_train_batch_size} pairs per device x "
+        f"- Trained: {training_extent(config, result)}",
+        f"- Learning rate {config.learning_rate}, {SchedulerType(config.lr_scheduler_type).value} schedule, "
+        f"warm-up {config.warmup_ratio}, {config.per_device_train_batch_size} pairs per device x "
         f"{config.gradient_accumulation_steps} accumulation step(s), seed {config.seed}",
         f"- Max length {config.max_length}, max prompt length {config.max_prompt_length} ({config.truncation_mode})",
         "",
@@ -78,7 +115,7 @@ def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path)
         f'tokenizer = AutoTokenizer.from_pretrained("{output_dir}")',
         "```",
         "",
-        f"Full configuration: `{CONFIG_FILE}`; metrics of every logged step: `metrics.jsonl`.",
+        f"Full configuration: `{CONFIG_FILE}`; metrics of every logged step: `{METRICS_FILE}`.",
         "",
     ]
     (output_dir / "README.md").write_text("\n".join(lines))
@@ -86,6 +123,21 @@ def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path)
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(table: Table, console: Console) -> None:
+    """Print ``table`` whole. Piped into a file or a pager, a console is 80 columns wide and rich would cut the
+    headers ("reward_…"); there, the console is widened to the table for this print."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    needed = console.measure(table, options=console.options.update_width(100_000)).maximum
+    width = console.width
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def print_summary(config: TrainConfig, result: TrainResult, console: Console | None = None) -> None:
@@ -97,7 +149,7 @@ def print_summary(config: TrainConfig, result: TrainResult, console: Console | N
         if key in result.train_metrics:
             table.add_row(key, f"{result.train_metrics[key]:.4g}")
     table.add_row("output", str(result.output_dir))
-    console.print(table)
+    print_table(table, console)
     rows = accuracy_rows(result)
     if rows:
         acc = Table(title="Held-out ranking accuracy (chosen scored above rejected)")
@@ -106,4 +158,37 @@ def print_summary(config: TrainConfig, result: TrainResult, console: Console | N
         for name, before, after in rows:
             change = "-" if before is None else f"{after - before:+.3f}"
             acc.add_row(name, _fmt(before), _fmt(after), change)
-        console.print(acc)
+        print_table(acc, console)
+
+
+def current_umask() -> int:
+    """The process umask: from /proc where there is one (reading it with ``os.umask`` sets it for a moment, for
+    every thread of the process), else set and set straight back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def fix_saved_file_modes(folder: Path) -> list[Path]:
+    """Give the ``*.safetensors`` weights in ``folder`` the mode any other saved file gets (0o666 less the umask).
+
+    safetensors >= 0.8 writes a weights file to a temporary file and renames it into place, and a temporary file is
+    created 0o600 (safetensors/safetensors#782, since #764): ``model.safetensors`` came out readable by its owner
+    only while ``config.json`` beside it was 0o644, so another user (a serving account, a container) could read
+    the folder's config but not its weights. Returns the files whose mode changed. No-op where modes are not POSIX.
+    """
+    if os.name != "posix":
+        return []
+    mode = 0o666 & ~current_umask()
+    changed = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+            changed.append(path)
+    return changed

@@ -17,10 +17,11 @@ from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dat
 from amapo.data.collator import row_length
 from amapo.data.invalid import describe
 from amapo.errors import UserError
-from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback
+from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, SavedFileModesCallback
 from amapo.train.config import TrainConfig
 from amapo.train.logps import enable_response_logps, layout_for, sequence_logps
 from amapo.train.precision import check_trained_weights, check_weight_dtype
+from amapo.train.preflight import check_local_path
 from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
@@ -28,10 +29,10 @@ from amapo.train.reliability import (
     NonFiniteGuard,
     NonFiniteStepError,
     NonFiniteStopCallback,
-    holds_a_run,
     last_complete_checkpoint,
 )
-from amapo.train.report import print_summary, write_model_card, write_resolved_config
+from amapo.train.report import fix_saved_file_modes, print_summary, write_model_card, write_resolved_config
+from amapo.train.run_folder import RunLock, check_resumable, holds_a_run, remove_previous_run
 from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer, RowIndexCollator
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,14 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(f"interrupted: checkpoint saved at {checkpoint}; resume with --resume_from_checkpoint last")
 
 
-def check_local_path(option: str, value: str | None) -> None:
-    """A value that is clearly a local path (not a Hub id) must exist: a clear error, not a Hub lookup."""
-    if value and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
-        raise FileNotFoundError(f"--{option}: no such file or folder {value}")
+def check_positions(config: TrainConfig, model_config) -> None:
+    """``max_length`` must fit the model's positions: beyond them a model gives garbage or fails mid-run."""
+    positions = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise UserError(
+            f"--max_length {config.max_length} exceeds the {positions} positions of {config.model_name_or_path} "
+            f"(max_position_embeddings): use --max_length {positions} or less"
+        )
 
 
 def load_tokenizer(path: str, config: TrainConfig):
@@ -130,10 +135,11 @@ def prepare_split(
         column_mapping=config.column_mapping_dict(),
         drop_invalid=config.drop_invalid_rows,
         dropped=dropped,
+        role_mapping=config.role_mapping_dict(),
     )
     if needs_offsets:
         if config.offset_column not in dataset.column_names:
-            raise ValueError(
+            raise UserError(
                 f"method {config.method!r} needs a per-pair offset column {config.offset_column!r} in {source}; "
                 f"columns: {', '.join(dataset.column_names)} (set --offset_column)"
             )
@@ -151,6 +157,7 @@ def prepare_split(
             drop_invalid=config.drop_invalid_rows,
             dropped=dropped,
             rendering=config.chat_rendering,
+            name=f"{source}@{split}",
         )
     if dropped:
         print(f"amapo: {source}@{split}: dropped {sum(dropped.values())} invalid rows: {describe(dropped)}")
@@ -205,44 +212,82 @@ def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, de
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
-    """The checkpoint to resume from: a path, or ``last``/``true`` for the last completely written one."""
+    """The checkpoint to resume from: a path, or ``last``/``true`` for the last completely written one; refused
+    if it was written with options that change what is trained (``run_folder.check_resumable``)."""
     value = config.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
+    if config.overwrite_output_dir:
+        raise UserError(
+            f"--overwrite_output_dir true starts the run over and --resume_from_checkpoint {value} continues it: "
+            "give one of them"
+        )
     if value in ("true", "True", "last"):
-        last = last_complete_checkpoint(Path(config.output_dir))
-        if last is None:
-            raise FileNotFoundError(f"resume_from_checkpoint={value}: no complete checkpoint-* in {config.output_dir}")
-        return str(last)
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint: no such checkpoint folder {value}")
-    return value
+        checkpoint = last_complete_checkpoint(Path(config.output_dir))
+        if checkpoint is None:
+            raise UserError(
+                f"--resume_from_checkpoint {value}: no complete checkpoint-* in {config.output_dir}: check "
+                "--output_dir, or start without --resume_from_checkpoint"
+            )
+    else:
+        checkpoint = Path(value)
+        if not checkpoint.is_dir():
+            raise UserError(
+                f"--resume_from_checkpoint: no such checkpoint folder {value}: give a checkpoint-* folder, or last "
+                "for the newest complete one in --output_dir"
+            )
+    check_resumable(checkpoint, config, warn=config.process_index == 0)
+    return str(checkpoint)
 
 
 def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
-    """Train as ``amapo train`` does; ``callbacks`` (transformers TrainerCallbacks) are added to the Trainer's."""
+    """Train as ``amapo train`` does; ``callbacks`` (transformers TrainerCallbacks) are added to the Trainer's.
+
+    Everything that can be checked from the options, the model's config and its tokenizer is checked before the
+    output folder is touched, so a bad option never removes a previous run (``--overwrite_output_dir``) or
+    resumes another's; then the folder is this run's alone while it runs (``RunLock``).
+    """
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     checkpoint = resume_checkpoint(config)
     if checkpoint is None and holds_a_run(output_dir) and not config.overwrite_output_dir:
-        raise FileExistsError(
+        raise UserError(
             f"{output_dir} already holds a run: choose another --output_dir, resume it with "
             "--resume_from_checkpoint last, or pass --overwrite_output_dir true"
         )
-    for option in ("model_name_or_path", "ref_model_name_or_path", "dataset"):
+    for option in ("model_name_or_path", "ref_model_name_or_path"):
         check_local_path(option, getattr(config, option))
-    loss_fn = config.build_loss()
+    check_local_path("dataset", config.dataset, data=True)
     with config.main_process_first(desc="preparing built-in assets"):  # built once, then reused by the others
         model_path = resolve_source(config.model_name_or_path)
-
     model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
     check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
+    check_positions(config, model_config)
     tokenizer = load_tokenizer(model_path, config)
     if config.chat_rendering == "handbook" and not tokenizer.chat_template:
         raise UserError(
             f"--chat_rendering handbook renders with a chat template, and the tokenizer of {config.model_name_or_path} "
             "has none: pass --chat_template (Jinja text or a .jinja file) or use --chat_rendering amapo"
         )
+    with RunLock(output_dir, held=config.process_index == 0):
+        if config.overwrite_output_dir:
+            with config.main_process_first(local=False, desc="removing the previous run"):  # the others wait
+                if config.process_index == 0:
+                    remove_previous_run(output_dir)
+        return train_in_folder(config, output_dir, checkpoint, model_path, model_config, tokenizer, callbacks)
+
+
+def train_in_folder(
+    config: TrainConfig,
+    output_dir: Path,
+    checkpoint: str | None,
+    model_path: str,
+    model_config,
+    tokenizer,
+    callbacks: list | None = None,
+) -> TrainResult:
+    """The run itself, in the output folder ``run_training`` holds and has cleared or checked for a resume."""
+    loss_fn = config.build_loss()
     layout = batch_layout(config, model_config)
     logger.info("batch layout: %s", layout)
     train_dataset = shuffled(
@@ -291,6 +336,7 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(LiveProgressCallback())
     trainer.add_callback(JsonlMetricsCallback(output_dir / METRICS_FILE))
+    trainer.add_callback(SavedFileModesCallback())
     checkpoint_state = CheckpointStateCallback(trainer.loss_fn)
     trainer.add_callback(checkpoint_state)
     checkpoint_state.restore(checkpoint)
@@ -316,9 +362,11 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
         )
     eval_after = trainer.evaluate() if eval_datasets else {}
 
-    result = TrainResult(output_dir, dict(train_output.metrics), eval_before, eval_after)
+    metrics = {**train_output.metrics, "global_step": train_output.global_step}
+    result = TrainResult(output_dir, metrics, eval_before, eval_after)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
+        fix_saved_file_modes(output_dir)  # safetensors writes weights 0600 through a temp file
         write_resolved_config(config, output_dir)
         summary = {"train": result.train_metrics, "eval_before": eval_before, "eval_after": eval_after}
         (output_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
 from amapo.losses.stats import PoolGather, StepStatistics, all_gather_detached
 from amapo.train.logps import enable_response_logps, sequence_logps
-from amapo.train.reliability import NonFiniteGuard
+from amapo.train.reliability import NonFiniteGuard, mark_checkpoint_complete, rotate_checkpoints
+from amapo.train.report import write_resolved_config
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -180,6 +183,29 @@ class PreferenceTrainer(Trainer):
                     logps, _ = sequence_logps(model, inputs)
         n = logps.shape[0] // 2
         return logps[:n], logps[n:]
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write a checkpoint as the Trainer does, complete it (this run's options, the loss's state, the marker),
+        and only then delete old ones (``save_total_limit``).
+
+        The Trainer deletes old checkpoints at the end of ``_save_checkpoint``, before any ``on_save`` callback
+        could mark the new one complete: with ``save_total_limit 1`` a kill in between left no complete
+        checkpoint. So its own rotation is switched off for the call (there is no public hook in between; the
+        checkpoint's training_args.bin records save_total_limit as None).
+        """
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's part written (DeepSpeed, FSDP) before the marker
+        if self.args.should_save:
+            folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_resolved_config(self.args, folder)  # a resume checks its options against this run's
+            mark_checkpoint_complete(folder, self.loss_fn)
+            rotate_checkpoints(folder.parent, limit, newest=folder, keep=self.state.best_model_checkpoint)
 
     # --- evaluation and logging -------------------------------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""Every user error of `amapo train` is one line (`amapo train: error: ...`, exit 2, no traceback) that names the
+option, file and line or row, found before any model loads; bugs keep their traceback; --help stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import amapo.train.run
+from amapo.builtin import resolve_source
+from amapo.cli import main
+
+MODEL = "builtin:tiny-llama"
+
+
+def pairs_file(tmp_path: Path, text: str | bytes, name: str = "pairs.jsonl") -> str:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def rows(*pairs: dict) -> str:
+    return "".join(json.dumps(p) + "\n" for p in pairs)
+
+
+GOOD = {"prompt": "p", "chosen": "a", "rejected": "b"}
+CHAT = {
+    "prompt": [{"role": "user", "content": "p"}],
+    "chosen": [{"role": "assistant", "content": "a"}],
+    "rejected": [{"role": "assistant", "content": "b"}],
+}
+
+
+def user_data(tmp_path: Path, text: str | bytes, name: str = "pairs.jsonl") -> list[str]:
+    return ["--model_name_or_path", MODEL, "--dataset", pairs_file(tmp_path, text, name)]
+
+
+def bad_recipe(tmp_path: Path) -> list[str]:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("method: amapo\nbeta: !!python/object/apply:os.system ['true']\n")
+    return ["--config", str(recipe)]
+
+
+# (case, arguments built from tmp_path, words the one line must hold)
+CASES = [
+    ("unknown method", lambda t: ["--method", "nosuch"], ["--method", "unknown loss 'nosuch'", "amapo, "]),
+    ("negative beta", lambda t: ["--beta", "-1"], ["beta must be > 0"]),
+    ("infinite beta", lambda t: ["--beta", "inf"], ["--beta must be a finite number, got inf"]),
+    ("nan learning rate", lambda t: ["--learning_rate", "nan"], ["--learning_rate must be a finite number"]),
+    ("zero batch", lambda t: ["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size must be >= 1"]),
+    ("zero accumulation", lambda t: ["--gradient_accumulation_steps", "0"], ["--gradient_accumulation_steps", ">= 1"]),
+    ("warm-up above 1", lambda t: ["--warmup_ratio", "1.5"], ["--warmup_ratio must be in [0, 1]"]),
+    ("unsafe YAML", bad_recipe, ["bad.yaml:2", "not a valid YAML recipe"]),
+    ("missing recipe", lambda t: ["--config", "nosuch-recipe"], ["--config", "nosuch-recipe", "llama3-8b-base-amapo"]),
+    ("missing model folder", lambda t: ["--model_name_or_path", "./nowhere", "--dataset", "builtin:reverse"],
+     ["--model_name_or_path", "./nowhere"]),
+    ("missing dataset", lambda t: ["--model_name_or_path", MODEL, "--dataset", "nope.jsonl"],
+     ["--dataset", "nope.jsonl"]),
+    ("user data, no model", lambda t: ["--dataset", pairs_file(t, rows(GOOD))], ["--model_name_or_path", "--config"]),
+    ("save_steps while saving is off", lambda t: ["--save_steps", "10"], ["--save_steps 10", "--save_strategy steps"]),
+    ("bad role mapping", lambda t: ["--role_mapping", '{"human": "person"}'], ["--role_mapping", "'person'"]),
+    ("bad column mapping", lambda t: ["--column_mapping", "{chosen"], ["--column_mapping must be a JSON object"]),
+    ("bad eval set entry", lambda t: ["--eval_datasets", "held.jsonl"], ["--eval_datasets", "NAME=SOURCE"]),
+    ("bad row", lambda t: user_data(t, rows(GOOD, GOOD, GOOD, {**GOOD, "rejected": ""})), ["row 3", "'rejected'"]),
+    ("malformed JSON line", lambda t: user_data(t, rows(GOOD) + '{"prompt": "p",\n'), ["pairs.jsonl:2", "JSON"]),
+    ("empty file", lambda t: user_data(t, ""), ["pairs.jsonl", "empty"]),
+    ("invalid UTF-8", lambda t: user_data(t, rows(GOOD).encode() + b'{"prompt": "\xff"}\n'),
+     ["pairs.jsonl:2", "UTF-8"]),
+    ("unknown role", lambda t: user_data(t, rows({**CHAT, "prompt": [{"role": "human", "content": "p"}]})),
+     ["row 0", "'human'", "--role_mapping"]),
+    ("mixed formats", lambda t: user_data(t, rows(GOOD, CHAT)), ["row 1", "row 0"]),
+    ("max_length beyond positions", lambda t: ["--max_length", "1024"], ["--max_length 1024", "512 positions"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case,make_args,words", CASES, ids=[c[0] for c in CASES])
+def test_user_errors_are_one_line_before_any_model_loads(capsys, monkeypatch, tmp_path, case, make_args, words):
+    def no_model(*_, **__):
+        raise AssertionError("a model was loaded before the error")
+
+    monkeypatch.setattr(amapo.train.run, "load_model", no_model)
+    out = tmp_path / "out"
+    assert main(["train", *make_args(tmp_path), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("amapo")]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("amapo train: error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not out.exists()  # nothing written
+
+
+def test_amapo_debug_shows_the_traceback_of_a_user_error(capsys, monkeypatch):
+    monkeypatch.setenv("AMAPO_DEBUG", "1")
+    assert main(["train", "--beta", "inf"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("amapo train: error: --beta")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def broken(*_, **__):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("amapo.train.parsing.recipe_defaults", broken)
+    with pytest.raises(KeyError):
+        main(["train"])
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_help_imports_neither_torch_nor_training_arguments():
+    done = python(
+        "import sys\nfrom amapo.cli import main\n"
+        "for argv in (['--help'], ['train', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers.training_args') if m in sys.modules))"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--model_name_or_path" in done.stdout and "--help-all" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_bad_option_is_found_before_training_arguments_are_imported():
+    done = python(
+        "import sys\nfrom amapo.cli import main\n"
+        "code = main(['train', '--model_name_or_path', 'builtin:tiny-llama', '--dataset', 'missing.jsonl'])\n"
+        "print(code, 'transformers.training_args' in sys.modules)"
+    )
+    assert done.stdout.strip().splitlines()[-1] == "2 False", done.stdout + done.stderr
+    assert "amapo train: error: --dataset: no such file or folder missing.jsonl" in done.stderr
+
+
+def test_help_all_lists_training_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help-all"])
+    text = capsys.readouterr().out
+    assert "--report_to" in text and "--gradient_accumulation_steps" in text and "--method" in text
+
+
+def test_help_shows_the_defaults_of_a_run_on_your_data(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Peak learning rate (AdamW). (default: 5e-07)" in text  # not the built-in recipe's 1e-3
+
+
+def test_the_builtin_model_by_name_brings_its_defaults_but_not_the_demo_data(tmp_path):
+    from amapo.train.parsing import parse_train_args
+
+    data = pairs_file(tmp_path, Path(resolve_source("builtin:reverse")).read_text())
+    config = parse_train_args(["--model_name_or_path", MODEL, "--dataset", data])
+    assert (config.learning_rate, config.max_length, config.eval_datasets) == (1e-3, 64, [])
+    assert config.output_dir == "outputs/amapo"  # not the demo's folder
