@@ -47,6 +47,7 @@ def bad_recipe(tmp_path: Path) -> list[str]:
 
 # (case, arguments built from tmp_path, words the one line must hold)
 CASES = [
+    ("misspelt option", lambda t: ["--lerning_rate", "1e-3"], ["--lerning_rate (did you mean --learning_rate?)"]),
     ("unknown method", lambda t: ["--method", "nosuch"], ["--method", "unknown loss 'nosuch'", "amapo, "]),
     ("negative beta", lambda t: ["--beta", "-1"], ["beta must be > 0"]),
     ("infinite beta", lambda t: ["--beta", "inf"], ["--beta must be a finite number, got inf"]),
@@ -93,6 +94,20 @@ def test_user_errors_are_one_line_before_any_model_loads(capsys, monkeypatch, tm
     assert not out.exists()  # nothing written
 
 
+@pytest.mark.parametrize(
+    "command,args,hint",
+    [("eval", ["--model_name_or_path", "m", "--bta", "2"], "--bta (did you mean --beta?)"),
+     ("analyze", ["--model_name_or_path", "m", "--dataset", "d", "--bacth_size", "2"],
+      "--bacth_size (did you mean --batch_size?)"),
+     ("compare", ["--methodz", "dpo"], "--methodz (did you mean --methods?)")],
+)  # fmt: skip
+def test_misspelt_options_of_other_commands_are_one_line(capsys, command, args, hint):
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    expected = f"amapo {command}: error: unknown option(s) {hint}; `amapo {command} --help` lists every option"
+    assert err.strip() == expected
+
+
 def test_amapo_debug_shows_the_traceback_of_a_user_error(capsys, monkeypatch):
     monkeypatch.setenv("AMAPO_DEBUG", "1")
     assert main(["train", "--beta", "inf"]) == 2
@@ -125,14 +140,32 @@ def test_help_imports_neither_torch_nor_training_arguments():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_a_bad_option_is_found_before_training_arguments_are_imported():
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--model_name_or_path", "builtin:tiny-llama", "--dataset", "missing.jsonl"],
+      "--dataset: no such file or folder missing.jsonl"),
+     (["--config", "builtin", "--lerning_rate", "1"],
+      "unknown option(s) --lerning_rate (did you mean --learning_rate?)"),
+     (["--config", "builtin", "--report_to", "none", "--bf16", "true", "--beta", "inf"], "--beta must be a finite")],
+)  # fmt: skip
+def test_a_bad_option_is_found_before_training_arguments_are_imported(args, message):
     done = python(
         "import sys\nfrom amapo.cli import main\n"
-        "code = main(['train', '--model_name_or_path', 'builtin:tiny-llama', '--dataset', 'missing.jsonl'])\n"
+        f"code = main(['train', *{args!r}])\n"
         "print(code, 'transformers.training_args' in sys.modules)"
     )
     assert done.stdout.strip().splitlines()[-1] == "2 False", done.stdout + done.stderr
-    assert "amapo train: error: --dataset: no such file or folder missing.jsonl" in done.stderr
+    assert f"amapo train: error: {message}" in done.stderr
+
+
+def test_training_argument_names_read_from_source_match_the_dataclass():
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    from amapo.train.parsing import training_argument_names
+
+    assert training_argument_names() == {f.name for f in fields(TrainingArguments)}
 
 
 def test_help_all_lists_training_arguments(capsys):

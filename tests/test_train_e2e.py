@@ -99,7 +99,7 @@ def test_yaml_values_are_overridden_by_flags_of_the_same_name(tmp_path):
 def test_unknown_recipe_option_is_a_clear_error(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"{BUILTIN_MODEL_AND_DATA}method: simpo\nbetta: 2.5\n")
-    with pytest.raises(ValueError, match=r"unknown option.*betta"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) betta \(did you mean beta\?\)"):
         parse_train_args(["--config", str(recipe)])
 
 

@@ -23,9 +23,10 @@ COMMANDS = ("train", "eval", "analyze", "compare")
 def parse_dataclass(cls, argv: list[str], prog: str, description: str):
     from transformers import HfArgumentParser
 
+    from amapo.train.parsing import parse_all
+
     parser = HfArgumentParser(cls, prog=prog, description=description, allow_abbrev=False)
-    config, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    return config
+    return parse_all(parser, argv, f"{prog} --help")
 
 
 def close_process_group(wait: bool) -> None:

@@ -14,9 +14,13 @@ no model and no dataset, the packaged ``builtin`` recipe runs (the laptop demo).
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
+import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -114,7 +118,10 @@ def parse_train_options(argv: list[str], defaults: dict, source: str | None) -> 
     parser = option_parser(
         TrainOptions, {k: v for k, v in defaults.items() if k in own}, description=DESCRIPTION, epilog=EPILOG
     )
-    options, *_ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True, look_for_args_file=False)
+    options, *_, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    check_names_early(remaining, parser)
     if "save_steps" in given_options(argv) and options.save_strategy == "no":
         origin = "--save_strategy no" if "save_strategy" in given_options(argv) else f"save_strategy: no ({source})"
         raise UserError(f"--save_steps {options.save_steps:g} has no effect with {origin}: add --save_strategy steps")
@@ -127,19 +134,71 @@ def parse_full(argv: list[str], defaults: dict, source: str | None) -> TrainConf
     """Pass 2: every option, TrainingArguments' included, as the ``TrainConfig`` of the run."""
     from amapo.train.config import TrainConfig
 
-    unknown = sorted(set(defaults) - {f.name for f in fields(TrainConfig)})
+    names = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(defaults) - set(names))
     if unknown:
-        raise UserError(f"{source}: unknown option(s) {', '.join(unknown)} (see `amapo train --help-all`)")
+        raise UserError(f"{source}: unknown option(s) {with_hints(unknown, names)} (see `amapo train --help-all`)")
     parser = option_parser(TrainConfig, defaults, description=DESCRIPTION)
     if "--help-all" in argv:
         parser.print_help()
         sys.exit(0)
-    config, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    config = parse_all(parser, argv, "amapo train --help-all")
     if "eval_steps" in given_options(argv) and config.eval_strategy == "no":
         raise UserError(
             f"--eval_steps {config.eval_steps:g} has no effect with eval_strategy no: add --eval_strategy steps"
         )
     return config
+
+
+def training_argument_names() -> set[str] | None:
+    """The option names of transformers' ``TrainingArguments``, read from its source without importing it (the
+    import takes seconds); None if the source cannot be read that way (then pass 2 finds unknown options)."""
+    try:
+        spec = importlib.util.find_spec("transformers")
+        source = Path(spec.origin).with_name("training_args.py").read_text()
+        tree = ast.parse(source)
+    except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "TrainingArguments":
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)
+                    and isinstance(item.target, ast.Name)}  # fmt: skip
+    return None
+
+
+def check_names_early(remaining: list[str], parser) -> None:
+    """An option neither amapo's nor TrainingArguments' is an error now, not after pass 2's slow import."""
+    names = training_argument_names()
+    if not names:
+        return
+    spellings = {f"--{prefix}{n}" for n in names for prefix in ("", "no_")}
+    spellings |= {s.replace("_", "-") for s in spellings}
+    unknown = [arg for arg in remaining if arg.startswith("--") and arg.split("=")[0] not in spellings]
+    if unknown:
+        known = [option for action in parser._actions for option in action.option_strings] + sorted(spellings)
+        raise UserError(f"unknown option(s) {with_hints(unknown, known)}; `amapo train --help-all` lists every option")
+
+
+def with_hints(unknown: list[str], known: list[str]) -> str:
+    """The unknown names, each with the closest known one: "--lerning_rate (did you mean --learning_rate?)"."""
+    hints = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=")[0], known, n=1)
+        hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return ", ".join(hints)
+
+
+def parse_all(parser, argv: list[str], help_command: str):
+    """The one dataclass ``parser`` builds from ``argv``; an option it does not know is a one-line error with the
+    closest known names (HfArgumentParser raises a bare ValueError)."""
+    parsed, *_, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    unknown = [arg for arg in remaining if arg.startswith("-")] or remaining  # flags; else stray values
+    if unknown:
+        known = [option for action in parser._actions for option in action.option_strings]
+        raise UserError(f"unknown option(s) {with_hints(unknown, known)}; `{help_command}` lists every option")
+    return parsed
 
 
 def parse_train_args(argv: list[str], preflight: Callable[[TrainOptions], None] | None = None) -> TrainConfig:
