@@ -158,6 +158,18 @@ def test_a_bad_option_is_found_before_training_arguments_are_imported(args, mess
     assert f"amapo train: error: {message}" in done.stderr
 
 
+def test_a_folder_holding_a_run_is_refused_before_training_arguments_are_imported(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    done = python(
+        "import sys\nfrom amapo.cli import main\n"
+        f"code = main(['train', '--config', 'builtin', '--output_dir', {str(tmp_path)!r}])\n"
+        "print(code, 'transformers.training_args' in sys.modules)"
+    )
+    assert done.stdout.strip().splitlines()[-1] == "2 False", done.stdout + done.stderr
+    assert f"amapo train: error: {tmp_path} already holds a run" in done.stderr
+    assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"  # untouched
+
+
 def test_training_argument_names_read_from_source_match_the_dataclass():
     from dataclasses import fields
 

@@ -266,6 +266,13 @@ class TrainOptions:
             "skipped and logged with its rows); the last good checkpoint stays. 0: never stop."
         },
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume from a checkpoint folder, or last (the newest complete checkpoint-* in output_dir); "
+            "refused if it was written with options that change what is trained."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that already holds a run."}
     )

@@ -39,8 +39,12 @@ def dataset_sources(options: TrainOptions) -> list[tuple[str, str]]:
 
 
 def check_before_loading(options: TrainOptions) -> None:
-    """Paths exist and local JSON/JSONL datasets parse and pass the row checks (first error first)."""
+    """The output folder can take this run, paths exist, and local JSON/JSONL datasets parse and pass the row
+    checks (first error first)."""
     from amapo.data.precheck import check_local_dataset
+    from amapo.train.run_folder import check_output_dir
+
+    check_output_dir(Path(options.output_dir), options.overwrite_output_dir, options.resume_from_checkpoint)
 
     for option in ("model_name_or_path", "ref_model_name_or_path"):
         check_local_path(option, getattr(options, option))

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import yaml
 from rich.console import Console
 from rich.table import Table
-from transformers.trainer_utils import SchedulerType
 
 from amapo.losses import loss_spec
 
@@ -77,6 +76,7 @@ def training_extent(config: TrainConfig, result: TrainResult) -> str:
 def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path) -> None:
     spec = loss_spec(config.method)
     options = ", ".join(f"{k}={v}" for k, v in sorted(config.resolved_loss_options().items()))
+    schedule = getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)  # a SchedulerType enum
     lines = [
         "---",
         "library_name: transformers",
@@ -90,7 +90,7 @@ def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path)
         f"- Method: `{config.method}`: {spec.summary}",
         f"- Loss options: {options}",
         f"- Trained: {training_extent(config, result)}",
-        f"- Learning rate {config.learning_rate}, {SchedulerType(config.lr_scheduler_type).value} schedule, "
+        f"- Learning rate {config.learning_rate}, {schedule} schedule, "
         f"warm-up {config.warmup_ratio}, {config.per_device_train_batch_size} pairs per device x "
         f"{config.gradient_accumulation_steps} accumulation step(s), seed {config.seed}",
         f"- Max length {config.max_length}, max prompt length {config.max_prompt_length} ({config.truncation_mode})",

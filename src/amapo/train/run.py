@@ -32,7 +32,7 @@ from amapo.train.reliability import (
     last_complete_checkpoint,
 )
 from amapo.train.report import fix_saved_file_modes, print_summary, write_model_card, write_resolved_config
-from amapo.train.run_folder import RunLock, check_resumable, holds_a_run, remove_previous_run
+from amapo.train.run_folder import RunLock, check_output_dir, check_resumable, remove_previous_run
 from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer, RowIndexCollator
 
 logger = logging.getLogger(__name__)
@@ -217,11 +217,6 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     value = config.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
-    if config.overwrite_output_dir:
-        raise UserError(
-            f"--overwrite_output_dir true starts the run over and --resume_from_checkpoint {value} continues it: "
-            "give one of them"
-        )
     if value in ("true", "True", "last"):
         checkpoint = last_complete_checkpoint(Path(config.output_dir))
         if checkpoint is None:
@@ -249,12 +244,8 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     """
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
     checkpoint = resume_checkpoint(config)
-    if checkpoint is None and holds_a_run(output_dir) and not config.overwrite_output_dir:
-        raise UserError(
-            f"{output_dir} already holds a run: choose another --output_dir, resume it with "
-            "--resume_from_checkpoint last, or pass --overwrite_output_dir true"
-        )
     for option in ("model_name_or_path", "ref_model_name_or_path"):
         check_local_path(option, getattr(config, option))
     check_local_path("dataset", config.dataset, data=True)

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from amapo.errors import UserError
 from amapo.train.report import CONFIG_FILE, resolved_config
+
+PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils' (importing that module takes seconds)
 
 if TYPE_CHECKING:
     from amapo.train.config import TrainConfig
@@ -317,4 +318,20 @@ def check_resumable(checkpoint: Path, config: TrainConfig, warn: bool = True) ->
         raise UserError(
             f"{checkpoint} was written with {before}; this run has {now}: resume with the same options, or start "
             "over with --overwrite_output_dir true"
+        )
+
+
+def check_output_dir(output_dir: Path, overwrite: bool, resume: str | None) -> None:
+    """The folder either holds no run, or the options say what to do with it (start over, or resume)."""
+    if resume in ("", "false", "False"):
+        resume = None
+    if resume is not None and overwrite:
+        raise UserError(
+            f"--overwrite_output_dir true starts the run over and --resume_from_checkpoint {resume} continues it: "
+            "give one of them"
+        )
+    if resume is None and not overwrite and holds_a_run(output_dir):
+        raise UserError(
+            f"{output_dir} already holds a run: choose another --output_dir, resume it with "
+            "--resume_from_checkpoint last, or pass --overwrite_output_dir true"
         )
