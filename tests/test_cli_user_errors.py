@@ -140,6 +140,17 @@ def test_help_imports_neither_torch_nor_training_arguments():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def refused_before_training_arguments(args: list[str]) -> str:
+    """`amapo train ARGS` in a fresh process: exit 2 without importing TrainingArguments; returns stderr."""
+    done = python(
+        "import sys\nfrom amapo.cli import main\n"
+        f"code = main(['train', *{args!r}])\n"
+        "print(code, 'transformers.training_args' in sys.modules)"
+    )
+    assert done.stdout.strip().splitlines()[-1] == "2 False", done.stdout + done.stderr
+    return done.stderr
+
+
 @pytest.mark.parametrize(
     "args,message",
     [(["--model_name_or_path", "builtin:tiny-llama", "--dataset", "missing.jsonl"],
@@ -149,24 +160,13 @@ def test_help_imports_neither_torch_nor_training_arguments():
      (["--config", "builtin", "--report_to", "none", "--bf16", "true", "--beta", "inf"], "--beta must be a finite")],
 )  # fmt: skip
 def test_a_bad_option_is_found_before_training_arguments_are_imported(args, message):
-    done = python(
-        "import sys\nfrom amapo.cli import main\n"
-        f"code = main(['train', *{args!r}])\n"
-        "print(code, 'transformers.training_args' in sys.modules)"
-    )
-    assert done.stdout.strip().splitlines()[-1] == "2 False", done.stdout + done.stderr
-    assert f"amapo train: error: {message}" in done.stderr
+    assert f"amapo train: error: {message}" in refused_before_training_arguments(args)
 
 
 def test_a_folder_holding_a_run_is_refused_before_training_arguments_are_imported(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    done = python(
-        "import sys\nfrom amapo.cli import main\n"
-        f"code = main(['train', '--config', 'builtin', '--output_dir', {str(tmp_path)!r}])\n"
-        "print(code, 'transformers.training_args' in sys.modules)"
-    )
-    assert done.stdout.strip().splitlines()[-1] == "2 False", done.stdout + done.stderr
-    assert f"amapo train: error: {tmp_path} already holds a run" in done.stderr
+    err = refused_before_training_arguments(["--config", "builtin", "--output_dir", str(tmp_path)])
+    assert f"amapo train: error: {tmp_path} already holds a run" in err
     assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"  # untouched
 
 
