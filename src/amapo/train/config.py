@@ -13,17 +13,6 @@ from amapo.errors import UserError
 from amapo.losses import loss_spec
 from amapo.train.options import TrainOptions, check_number
 
-# TrainingArguments' numeric options with a range of their own: (test, the rule in words).
-TRAINING_ARGUMENT_RULES = {
-    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "max_grad_norm": (lambda v: v >= 0, ">= 0"),
-    "adam_epsilon": (lambda v: v > 0, "> 0"),
-    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "max_steps": (lambda v: v == -1 or v > 0, "-1 (off) or > 0"),
-}
-
 
 @dataclass
 class TrainConfig(TrainOptions, TrainingArguments):
@@ -36,12 +25,10 @@ class TrainConfig(TrainOptions, TrainingArguments):
             raise UserError(" ".join(str(err).split())) from None
         self.check()
         self.check_method()
-        for f in fields(TrainingArguments):  # transformers' own options: finite, and in range where it matters
-            value = getattr(self, f.name)
-            check_number(f.name, value)
-            test, rule = TRAINING_ARGUMENT_RULES.get(f.name, (None, ""))
-            if test is not None and value is not None and not test(value):
-                raise UserError(f"--{f.name} must be {rule}, got {value}")
+        for f in fields(TrainingArguments):  # transformers' own options: finite, and in range where BOUNDS says
+            check_number(f.name, getattr(self, f.name))
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise UserError(f"--max_steps must be -1 (off) or > 0, got {self.max_steps}")
         self.margin_pool()  # a pool size that cannot work: a clear error now
 
     def margin_pool(self) -> tuple[str, int | None]:

@@ -60,6 +60,13 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "gamma_beta_ratio": (0, None, ">= 0"),
     "nll_weight": (0, None, ">= 0"),
     "focal_gamma": (0, None, ">= 0"),
+    # TrainingArguments' own (checked by TrainConfig, which has them)
+    "gradient_accumulation_steps": (1, None, ">= 1"),
+    "weight_decay": (0, None, ">= 0"),
+    "max_grad_norm": (0, None, ">= 0"),
+    "adam_epsilon": (0, None, "> 0"),
+    "adam_beta1": (0, 1, "in [0, 1)"),
+    "adam_beta2": (0, 1, "in [0, 1)"),
 }
 
 
