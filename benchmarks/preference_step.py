@@ -7,8 +7,9 @@ What runs
 ---------
 For every vocabulary size V (default 32000 and 128256) the script builds, once, in a work folder:
 
-* a Llama-architecture model (hidden 256, 4 layers, MLP 688, 4 heads, untied embeddings), random init with a
-  fixed seed, saved with ``save_pretrained`` (safetensors); float32 on CPU, bfloat16 when a GPU is used;
+* a Llama-architecture model (default hidden 256, 4 layers, MLP 688, 4 heads; `--hidden_size` ... `--num_kv_heads`
+  change it), untied embeddings, random init with a fixed seed, saved with ``save_pretrained`` (safetensors);
+  float32 on CPU, bfloat16 when a GPU is used;
 * a word-level tokenizer of exactly V tokens (``w0`` .. ``w{V-5}`` plus ``<pad> <unk> <bos> <eos>``; BOS is
   added by the tokenizer's post-processor), so the text "w5 w17 w3" is exactly the ids of those words and every
   sequence length is known in advance;
@@ -815,8 +816,22 @@ def build_tokenizer(vocab: int, model_dir: Path):
     return tokenizer
 
 
-def build_model(vocab: int, model_dir: Path, seed: int, max_len: int, cuda: bool) -> dict:
-    """Random-init Llama saved to ``model_dir``; returns its shape and parameter counts."""
+def model_shape(a) -> dict[str, int]:
+    """``MODEL_SHAPE`` with the ``--hidden_size`` ... ``--num_kv_heads`` the command gave."""
+    given = {
+        "hidden_size": a.hidden_size,
+        "num_hidden_layers": a.num_layers,
+        "intermediate_size": a.intermediate_size,
+        "num_attention_heads": a.num_heads,
+        "num_key_value_heads": a.num_kv_heads,
+    }
+    return MODEL_SHAPE | {k: v for k, v in given.items() if v is not None}
+
+
+def build_model(vocab: int, model_dir: Path, seed: int, max_len: int, cuda: bool, shape: dict | None = None) -> dict:
+    """Random-init Llama of ``shape`` (default ``MODEL_SHAPE``) saved to ``model_dir``; its shape and parameter
+    counts."""
+    shape = shape or MODEL_SHAPE
     import inspect
 
     import torch
@@ -829,7 +844,7 @@ def build_model(vocab: int, model_dir: Path, seed: int, max_len: int, cuda: bool
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=3,
-        **MODEL_SHAPE,
+        **shape,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -844,7 +859,7 @@ def build_model(vocab: int, model_dir: Path, seed: int, max_len: int, cuda: bool
     head = model.get_output_embeddings().weight.numel()
     return {
         "vocab": vocab,
-        **MODEL_SHAPE,
+        **shape,
         "tie_word_embeddings": False,
         "dtype": "bfloat16" if cuda else "float32",
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
@@ -1243,6 +1258,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--amapo_lm_head_chunk_size", type=int, default=None, help="amapo TrainConfig.lm_head_chunk_size, if present"
     )
+    shape = p.add_argument_group("model shape (Llama architecture; default hidden 256, 4 layers, MLP 688, 4 heads)")
+    shape.add_argument("--hidden_size", type=int, default=None)
+    shape.add_argument("--num_layers", type=int, default=None)
+    shape.add_argument("--intermediate_size", type=int, default=None)
+    shape.add_argument("--num_heads", type=int, default=None, help="attention heads")
+    shape.add_argument("--num_kv_heads", type=int, default=None, help="key/value heads (grouped-query attention)")
     p.add_argument("--liger_chunk_size", type=int, default=1, help="pairs per chunk in Liger's fused loss")
     p.add_argument("--liger_no_compile", action="store_true", help="Liger with compiled=False (default: compiled)")
     p.add_argument("--no_losscheck", action="store_true", help="skip the separate step-1 SimPO loss check")
@@ -1324,7 +1345,7 @@ def parent_main(a) -> int:
             model_dir = workdir / f"model-v{vocab}"
             model_dir.mkdir(parents=True, exist_ok=True)
             build_tokenizer(vocab, model_dir)
-            model_info = build_model(vocab, model_dir, a.seed, a.max_len, cuda)
+            model_info = build_model(vocab, model_dir, a.seed, a.max_len, cuda, model_shape(a))
             rows = make_pairs(n_pairs, vocab, a.min_len, a.max_len, a.seed)
             data = workdir / f"pairs-v{vocab}.jsonl"
             data.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -196,3 +196,45 @@ def test_outputs_are_safetensors_only(tmp_path):
         assert (folder / "model.safetensors").exists(), folder
         assert not list(folder.glob("pytorch_model*.bin")), folder
     # Other states of a checkpoint (optimizer, scheduler, RNG, loss) are tensors only, read with weights_only=True.
+
+
+# --- ranks agree -------------------------------------------------------------------------------------------------
+
+
+def _guard_worker(rank: int, port: int, folder: str, results) -> None:
+    import torch.distributed as dist
+
+    from amapo.train.reliability import NonFiniteGuard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        shard = torch.nn.Parameter(torch.ones(3))  # this rank's shard of a sharded parameter (FSDP2, ZeRO)
+        optimizer = torch.optim.SGD([shard], lr=1.0)
+        guard = NonFiniteGuard(limit=0, log_file=Path(folder) / f"rank{rank}.jsonl")
+        guard.wrap(optimizer, step_number=lambda: 1)
+        shard.grad = torch.tensor([float("nan") if rank == 0 else 1.0] * 3)  # only rank 0's shard is bad
+        optimizer.step()
+        results[rank] = (shard.detach().clone(), guard.skipped)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_non_finite_shard_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    """A sharded optimizer sees only its rank's gradients: if ranks decided alone, rank 1 would step and rank 0
+    would not, and the model's shards would no longer belong to one step."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_guard_worker, args=(port, str(tmp_path), results), nprocs=2, join=True)
+        results = dict(results)
+    for rank in (0, 1):
+        weights, skipped = results[rank]
+        assert skipped == 1, rank
+        assert weights.tolist() == [1.0, 1.0, 1.0], rank

@@ -7,14 +7,21 @@ Only the positions whose next token is scored (response tokens) go through the h
 log-softmax ever exist whole. At vocabulary 128k, a 4k-token response already has 2 GB of fp32 logits; chunking by
 pair (Liger-Kernel) would still hold them (issue 7).
 
-Two paths, same numbers (tested against the plain full-logits computation):
+Three routes, same numbers (tested against the plain full-logits computation):
 
 * a plain ``nn.Linear`` head (tied or untied): ``ChunkedTokenLogps``, a custom autograd function. Forward saves
   only the hidden states and one logsumexp per token. Backward recomputes each chunk's logits and forms
   dL/dz = g * (onehot(y) - softmax(z)). If the head is frozen (LoRA) the forward already forms dlogp/dh per token,
   so there is no recompute at all.
-* any other head (a PEFT-wrapped or quantized head, DeepSpeed ZeRO-3 or FSDP2 parameters, which must be used
-  through the module): each chunk under activation checkpointing, through the module itself.
+* an ``nn.Linear`` head whose parameters a sharding engine gathers around each call of the module (DeepSpeed
+  ZeRO-3, or FSDP2 / FSDP1 with the head as its own unit): the same function, run as the module's forward for one
+  call. The engine gathers the weight once for the forward and once for the backward, and every rank issues the
+  same collectives whatever its number of response tokens (none included). Calling the head once per chunk
+  instead made ranks with different token counts issue different numbers of all-gathers: a collective mismatch
+  (a crash on gloo, a hang on NCCL; issue 13).
+* any other head (a PEFT-wrapped or quantized head): each chunk under activation checkpointing, through the
+  module itself. If the head holds sharded parameters, the ranks first agree on the number of chunks (the
+  largest), so that they call it, and gather its parameters, equally often.
 
 Logit transforms: Gemma's final soft-capping and the logit multipliers some families apply after the head are
 read from the config as TRL's ``add_fused_lm_head`` reads them (``trl/trainer/utils.py``), so the numbers equal
@@ -27,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from amapo.train.ranks import largest_across_ranks
 
 DEFAULT_CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk (a chunk works in about 3x this); larger is no faster on CPU
 
@@ -144,13 +153,49 @@ def _module_chunk_logps(
     return z.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
-def uses_plain_linear(lm_head: torch.nn.Module) -> bool:
-    """Whether the fused path may read the head's weight directly (else: through the module, checkpointed)."""
-    if type(lm_head) is not torch.nn.Linear:  # PEFT LoRA, quantized or otherwise wrapped heads
-        return False
-    if type(lm_head.weight) is not torch.nn.Parameter or lm_head.weight.dim() != 2:  # FSDP2 DTensor, ZeRO-3 shard
-        return False
-    return getattr(lm_head.weight, "ds_id", None) is None  # DeepSpeed ZeRO-3 gathers only inside module calls
+def _is_fsdp1_unit(module: torch.nn.Module) -> bool:
+    return type(module).__name__ == "FullyShardedDataParallel" and hasattr(module, "_fsdp_wrapped_module")
+
+
+def _is_fsdp2_unit(module: torch.nn.Module) -> bool:
+    fsdp_module = getattr(torch.distributed.fsdp, "FSDPModule", None) if torch.distributed.is_available() else None
+    return fsdp_module is not None and isinstance(module, fsdp_module)
+
+
+def _is_sharded(param: torch.Tensor) -> bool:
+    """A DeepSpeed ZeRO-3 partition or an FSDP2 shard (a DTensor)."""
+    return getattr(param, "ds_id", None) is not None or type(param).__name__ == "DTensor"
+
+
+def _gathers_on_call(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` issues collectives: an FSDP unit, or parameters that ZeRO-3 / FSDP2 shard."""
+    return _is_fsdp1_unit(module) or _is_fsdp2_unit(module) or any(_is_sharded(p) for p in module.parameters())
+
+
+def head_route(lm_head: torch.nn.Module) -> str:
+    """How ``token_logps_from_hidden`` reaches the head's weight (see the module docstring).
+
+    ``fused``: a plain ``nn.Linear`` with plain parameters; ``gathered``: an ``nn.Linear`` whose parameters DeepSpeed
+    ZeRO-3 or FSDP (the head its own unit) gathers around each call; ``module``: anything else.
+    """
+    if _is_fsdp1_unit(lm_head):
+        return "gathered" if isinstance(lm_head._fsdp_wrapped_module, torch.nn.Linear) else "module"
+    if not isinstance(lm_head, torch.nn.Linear) or lm_head.weight.dim() != 2:
+        return "module"  # PEFT LoRA, quantized or otherwise wrapped heads
+    if (
+        type(lm_head) is torch.nn.Linear
+        and type(lm_head.weight) is torch.nn.Parameter
+        and not _is_sharded(lm_head.weight)
+    ):
+        return "fused"
+    if _is_fsdp2_unit(lm_head) or getattr(lm_head.weight, "ds_id", None) is not None:
+        return "gathered"
+    if _is_sharded(lm_head.weight):  # an FSDP2 shard that the head's own call would not gather
+        raise RuntimeError(
+            "the LM head's weight is sharded by FSDP2 but the head is not an FSDP unit of its own (tied "
+            "embeddings wrapped apart from the head?): keep the head and the embeddings in one unit, e.g. the root"
+        )
+    return "module"
 
 
 def token_logps_from_hidden(
@@ -160,16 +205,50 @@ def token_logps_from_hidden(
     chunk_tokens: int,
     transform: LogitTransform = LogitTransform(),
 ) -> torch.Tensor:
-    """log pi(targets[i] | hidden[i]) for hidden [M, H] and targets [M]: fp32 [M], never holding [M, V] logits."""
-    if hidden.shape[0] == 0:
-        return hidden.sum(-1).float()  # empty, still connected to the graph
-    if uses_plain_linear(lm_head):
-        grads = torch.is_grad_enabled() and hidden.requires_grad
-        return ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_tokens, transform, grads)
-    pieces = []
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        rows = slice(start, start + chunk_tokens)
-        pieces.append(
-            checkpoint(_module_chunk_logps, lm_head, hidden[rows], targets[rows], transform, use_reentrant=False)
-        )
-    return torch.cat(pieces)
+    """log pi(targets[i] | hidden[i]) for hidden [M, H] and targets [M]: fp32 [M], never holding [M, V] logits.
+
+    M may be 0 (a rank whose micro-batch has no response token): the head is still called, and gets a zero
+    gradient, so that data-parallel and sharded engines see the same calls on every rank.
+    """
+    route = head_route(lm_head)
+    if route == "fused":
+        return _fused(lm_head, hidden, targets, chunk_tokens, transform)
+    if route == "gathered":
+        return _fused_in_one_call(lm_head, hidden, targets, chunk_tokens, transform)
+    chunks = max(1, -(-hidden.shape[0] // chunk_tokens))
+    if _gathers_on_call(lm_head):
+        chunks = largest_across_ranks(chunks)  # every rank gathers the head's parameters equally often
+    return torch.cat(
+        [
+            checkpoint(
+                _module_chunk_logps,
+                lm_head,
+                hidden[i * chunk_tokens : (i + 1) * chunk_tokens],  # empty past this rank's tokens
+                targets[i * chunk_tokens : (i + 1) * chunk_tokens],
+                transform,
+                use_reentrant=False,
+            )
+            for i in range(chunks)
+        ]
+    )
+
+
+def _fused(lm_head, hidden, targets, chunk_tokens, transform) -> torch.Tensor:
+    grads = torch.is_grad_enabled() and hidden.requires_grad
+    return ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_tokens, transform, grads)
+
+
+def _fused_in_one_call(lm_head, hidden, targets, chunk_tokens, transform) -> torch.Tensor:
+    """``ChunkedTokenLogps`` run as the head's forward for one call: the engine's hooks around the call gather the
+    weight (and, in backward, gather it again and reduce-scatter its gradient) exactly as for ``lm_head(hidden)``."""
+    linear = lm_head._fsdp_wrapped_module if _is_fsdp1_unit(lm_head) else lm_head
+    had_own_forward = "forward" in linear.__dict__
+    own_forward = linear.__dict__.get("forward")
+    linear.forward = lambda h, t: _fused(linear, h, t, chunk_tokens, transform)
+    try:
+        return lm_head(hidden, targets)
+    finally:
+        if had_own_forward:
+            linear.forward = own_forward
+        else:
+            del linear.forward

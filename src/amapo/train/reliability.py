@@ -14,6 +14,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from amapo.train.ranks import true_on_every_rank
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "amapo_checkpoint_complete"
@@ -54,7 +56,8 @@ class NonFiniteGuard:
         original_step = optimizer.step
 
         def guarded_step(*args, **kwargs):
-            finite = not self._nonfinite_loss and gradients_are_finite(optimizer)
+            # every rank must agree to step or to skip: a sharded optimizer sees only its rank's gradients
+            finite = true_on_every_rank(not self._nonfinite_loss and gradients_are_finite(optimizer))
             rows, self._rows, self._nonfinite_loss = self._rows, [], False
             if finite:
                 self.consecutive = 0
@@ -77,10 +80,12 @@ class NonFiniteGuard:
 
 
 def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether this rank's gradients are all finite (of a sharded optimizer, FSDP2 or DeepSpeed ZeRO: its shards)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # an FSDP2 DTensor: this rank's shard
     if not grads:
         return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one device sync, not one per tensor
 
 
 class NonFiniteStopCallback(TrainerCallback):
