@@ -15,12 +15,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-import amapo.evaluation.compare as compare_module
+import amapo.compare.run as compare_module
 import amapo.evaluation.run as eval_module
 from amapo.cli import main
+from amapo.compare.run import CompareConfig
 from amapo.errors import UserError
 from amapo.evaluation.analysis import AnalyzeConfig
-from amapo.evaluation.compare import CompareConfig
 from amapo.evaluation.run import EvalConfig, print_eval_table
 from amapo.train.callbacks import SavedFileModesCallback
 from amapo.train.report import CONFIG_FILE, fix_saved_file_modes, print_summary, steps_trained
@@ -153,7 +153,7 @@ def test_a_bad_third_set_stops_eval_before_any_scoring(
         (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
         (["--max_length", "0"], "--max_length must be >= 1, got 0"),
         (["--max_length", "32", "--max_prompt_length", "32"], "need --max_prompt_length < --max_length"),
-        (["--max_length", "4096"], "--max_length 4096 exceeds the 512 positions of the model"),
+        (["--max_length", "4096"], "--max_length 4096 exceeds the 512 positions of "),
         (["--truncation_mode", "middle"], "--truncation_mode must be one of keep_end, keep_start"),
         (["--column_mapping", "{chosen"], "--column_mapping must be a JSON object such as"),
         (["--method", "dpoo"], "--method: unknown loss 'dpoo'; available: "),

@@ -13,9 +13,9 @@ from datasets import Dataset
 
 from amapo.builtin.tokenizer import build_byte_tokenizer
 from amapo.cli import main
+from amapo.compare.report import Claim, inverted_u_verdict
 from amapo.data import tokenize_dataset
 from amapo.evaluation import compute_pair_logps, score_with_loss
-from amapo.evaluation.report import Claim, inverted_u_verdict
 from amapo.evaluation.run import true_reward_accuracy
 from amapo.losses import build_loss
 

@@ -10,16 +10,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from amapo.data.collator import PreferenceCollator, row_length
-from amapo.train.lm_head import LogitTransform, chunk_size_for, token_logps_from_hidden
-from amapo.train.logps import (
-    ResponseTargets,
-    causal_lm_of,
-    enable_response_logps,
-    layout_for,
-    plain_token_logps,
-    sequence_logps,
-    shared_prompt_mask,
-)
+from amapo.model.layouts import layout_for, shared_prompt_mask
+from amapo.model.lm_head import LogitTransform, chunk_size_for, token_logps_from_hidden
+from amapo.model.logps import ResponseTargets, enable_response_logps, plain_token_logps, sequence_logps
+from amapo.model.wrappers import causal_lm_of
 from amapo.train.parsing import parse_train_args
 
 VOCAB = 97
@@ -262,3 +256,50 @@ def test_row_lengths_and_layout_choice():
         parse_train_args(["--batch_layout", "ragged"])
     with pytest.raises(ValueError, match="lm_head_chunk_size must be >= 0"):
         parse_train_args(["--lm_head_chunk_size", "-1"])
+
+
+# --- the patched forward checks itself (issue 14) ------------------------------------------------------------------
+
+
+def test_a_family_the_patch_computes_wrongly_stops_on_the_first_batch(monkeypatch):
+    """A logit transform the patch does not know (here: the config's own one made wrong) shows on the first batch as
+    a difference from the model's own forward, and stops with the model class named."""
+    from amapo.errors import UserError
+    from amapo.model import lm_head, logps
+
+    model = tiny_llama(tie=False)
+    monkeypatch.setattr(lm_head.LogitTransform, "of", classmethod(lambda cls, config: cls(scale=1.5)))
+    enable_response_logps(model)
+    batch = PreferenceCollator(0, layout="padded")(random_pairs(3, seed=7))
+    with pytest.raises(UserError, match=r"LlamaForCausalLM: amapo's fused response log-probs differ .* by up to"):
+        sequence_logps(model, batch)
+    assert not getattr(model, logps.VERIFIED_MARK, False)
+
+
+def test_the_first_batch_is_checked_once_and_then_trusted():
+    from amapo.model import logps
+
+    model = tiny_llama(tie=True)
+    enable_response_logps(model)
+    batch = PreferenceCollator(0, layout="shared_prompt")(random_pairs(3, seed=8))
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    sequence_logps(model, batch)
+    assert getattr(model, logps.VERIFIED_MARK) and len(calls) == 3  # fused + plain check, then the real forward
+    sequence_logps(model, batch)
+    assert len(calls) == 4
+
+
+def test_models_that_do_not_fit_are_refused_before_any_batch():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from amapo.errors import UserError
+
+    config = BartConfig(vocab_size=VOCAB, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)  # fmt: skip
+    with pytest.raises(UserError, match="BartForConditionalGeneration is an encoder-decoder model"):
+        enable_response_logps(BartForConditionalGeneration(config))
+    headless = tiny_llama(tie=False)
+    headless.get_output_embeddings = lambda: None
+    with pytest.raises(UserError, match="LlamaForCausalLM has no LM head"):
+        enable_response_logps(headless)

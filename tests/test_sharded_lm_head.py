@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from amapo.data.collator import PreferenceCollator
-from amapo.train import lm_head
-from amapo.train.logps import ResponseTargets, enable_response_logps, plain_token_logps, sequence_logps
+from amapo.model import lm_head
+from amapo.model.logps import ResponseTargets, enable_response_logps, plain_token_logps, sequence_logps
 
 VOCAB, CHUNK = 97, 4
 TIMEOUT = 240  # seconds for one engine's cases (they take 5 to 40)
@@ -227,7 +227,7 @@ def check(results: dict, case: tuple, route: str) -> None:
     want_logps, want_grads = reference(*case)
     for rank in (0, 1):
         logps, grads, routes = results[(rank, *case)]
-        assert routes == [route], (case, rank)
+        assert routes and set(routes) == {route}, (case, rank)  # the first-batch check calls it too
         torch.testing.assert_close(logps, want_logps[rank], rtol=1e-5, atol=1e-5)
         assert set(grads) == set(want_grads)
         for name, grad in want_grads.items():

@@ -30,9 +30,9 @@ TRAIN = (
 )  # fmt: skip
 
 
-def cpu_config(name: str, folder: Path) -> Path:
+def cpu_config(name: str, folder: Path, processes: int = 2) -> Path:
     config = yaml.safe_load((ACCELERATE_DIR / f"{name}.yaml").read_text())
-    config.update(num_processes=2, mixed_precision="no")
+    config.update(num_processes=processes, mixed_precision="no")
     if "fsdp_config" in config:
         config["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] = False
     path = folder / f"{name}-cpu.yaml"
@@ -46,11 +46,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(name: str, folder: Path) -> Path:
+def accelerate_launch(name: str, folder: Path, program: list[str] | None = None, args=TRAIN, processes=2) -> Path:
     out = folder / name
-    program = [str(TESTS / "fsdp_on_cpu.py")] if name == "fsdp" else ["-m", "amapo.cli"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cpu_config(name, folder)),
-               "--main_process_port", str(free_port()), *program, *TRAIN, "--output_dir", str(out)]  # fmt: skip
+    program = program or ([str(TESTS / "fsdp_on_cpu.py")] if name == "fsdp" else ["-m", "amapo.cli"])
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(cpu_config(name, folder, processes)), "--main_process_port", str(free_port()), *program, *args,
+               "--output_dir", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
@@ -92,3 +93,22 @@ def test_sharded_training_equals_ddp(engine, ddp, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(sharded)
     for key, tensor in want_weights.items():
         torch.testing.assert_close(model.state_dict()[key], tensor, rtol=0, atol=1e-6, msg=key)
+
+
+def test_non_finite_steps_under_deepspeed_are_recorded_with_their_rows(tmp_path):
+    """DeepSpeed skips a non-finite step itself, before the optimizer (and the guard's wrap) sees it: the step is
+    still recorded with its row, and the next, finite step is not skipped in its place."""
+    pytest.importorskip("deepspeed")
+    from amapo.builtin import resolve_source
+    from amapo.train.reliability import NONFINITE_FILE
+
+    rows = [json.loads(line) for line in Path(resolve_source("builtin:reverse")).read_text().splitlines()[:12]]
+    rows[5]["chosen"] = "abcdefghijklmnop" * 2  # the only batch whose loss is NaN
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "--config", "builtin", "--dataset", str(data), "--method", "simpo", "--eval_datasets", "none",
+            "--per_device_train_batch_size", "1", "--num_train_epochs", "1"]  # fmt: skip
+    out = accelerate_launch("zero3", tmp_path, [str(TESTS / "nan_on_long_answers.py")], args, processes=1)
+    skipped = [json.loads(line) for line in (out / NONFINITE_FILE).read_text().splitlines()]
+    assert [entry["rows"] for entry in skipped] == [[5]]
+    assert all(torch.isfinite(w).all() for w in load_file(out / "model.safetensors").values())

@@ -15,8 +15,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from amapo.builtin import resolve_source
 from amapo.cli import main
 from amapo.losses import available_losses
+from amapo.model.loading import load_tokenizer
 from amapo.train.parsing import parse_train_args
-from amapo.train.run import load_tokenizer, prepare_split, run_training
+from amapo.train.run import prepare_split, run_training
 
 BUILTIN_MODEL_AND_DATA = "model_name_or_path: builtin:tiny-llama\ndataset: builtin:reverse\n"
 
@@ -270,7 +271,7 @@ def test_reference_free_methods_never_load_a_reference_model(tmp_path, monkeypat
 
     loaded = []
     original = run.load_model
-    monkeypatch.setattr(run, "load_model", lambda path, config: loaded.append(path) or original(path, config))
+    monkeypatch.setattr(run, "load_model", lambda path, **options: loaded.append(path) or original(path, **options))
     train(tmp_path / "simpo", "--method", "simpo", *SHORT)
     assert len(loaded) == 1  # the policy only
     train(tmp_path / "dpo", "--method", "dpo", *SHORT)
@@ -327,7 +328,7 @@ def test_training_batches_are_grouped_by_length_of_their_rows(tmp_path, monkeypa
     )  # fmt: skip
     assert config.batch_layout == "auto"
     run_training(config)
-    tokenizer = load_tokenizer(resolve_source(config.model_name_or_path), config)
+    tokenizer = load_tokenizer(resolve_source(config.model_name_or_path))
     pairs = prepare_split(config.dataset, config.train_split, tokenizer, config, needs_offsets=False)
     rows = zip(*(pairs[f"{k}_input_ids"] for k in ("prompt", "chosen", "rejected")), strict=True)
     train_lengths = [lengths for lengths in recorded if len(lengths) == len(pairs)]

@@ -88,7 +88,7 @@ def run_command(argv: list[str]) -> int:
 
         run_analysis(parse_dataclass(AnalyzeConfig, rest, "amapo analyze", "Where each method's gradient goes."))
     else:
-        from amapo.evaluation.compare import CompareConfig, run_compare
+        from amapo.compare.run import CompareConfig, run_compare
 
         run_compare(parse_dataclass(CompareConfig, rest, "amapo compare", "Train, evaluate and compare methods."))
     return 0

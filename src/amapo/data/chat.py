@@ -22,13 +22,21 @@ def resolve_chat_template(tokenizer, chat_template: str | None) -> str | None:
             f"the dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat template: "
             "pass chat_template= (a Jinja template string, or the path to a .jinja file)"
         )
-    is_jinja_text = "{{" in chat_template or "{%" in chat_template
-    if not is_jinja_text:
-        path = Path(chat_template).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"chat_template {chat_template!r} is neither Jinja text nor an existing file")
-        return path.read_text(encoding="utf-8")
-    return chat_template
+    return read_chat_template(chat_template)
+
+
+def is_jinja_text(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def read_chat_template(value: str) -> str:
+    """A chat template given as Jinja text (kept as is) or as the path of a file holding it (read)."""
+    if is_jinja_text(value):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"chat_template {value!r} is neither Jinja text nor an existing file")
+    return path.read_text(encoding="utf-8")
 
 
 def _render(tokenizer, messages: list[Message], template: str | None, *, generation_prompt: bool) -> str:

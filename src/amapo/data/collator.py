@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -161,3 +161,10 @@ def packed_row(pairs, pad_token_id: int) -> dict[str, torch.Tensor]:
         "position_ids": torch.tensor([positions], dtype=torch.long),
         **table.tensors(),
     }
+
+
+def device_batches(dataset, collator, batch_size: int, device) -> Iterator[dict[str, torch.Tensor]]:
+    """The dataset's rows in order, ``batch_size`` at a time, collated and moved to ``device`` (scoring loops)."""
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield {k: v.to(device) for k, v in batch.items()}

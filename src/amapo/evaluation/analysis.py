@@ -18,9 +18,8 @@ from amapo.errors import UserError
 from amapo.evaluation.checks import check_data_path, check_method, check_model_path, check_number
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights
 from amapo.evaluation.run import (
-    check_positions,
+    check_model_positions,
     load_models,
-    load_tokenizer,
     loss_for_model,
     print_metric_table,
     reference_source,
@@ -37,7 +36,9 @@ from amapo.evaluation.sets import (
     run_role_mapping,
     token_limits,
 )
-from amapo.train.options import parse_json_mapping
+from amapo.model.loading import load_tokenizer
+from amapo.options_json import parse_json_mapping
+from amapo.run_files import accuracy_by_set
 
 DEFAULT_METHODS = ["dpo", "simpo", "amapo", "amapo-released"]
 
@@ -85,10 +86,8 @@ def accuracy_curves_from_metrics(metrics_file: Path) -> dict[str, tuple[np.ndarr
         return {}
     for line in metrics_file.read_text().splitlines():
         log = json.loads(line)
-        for key, value in log.items():
-            if key.startswith("eval_") and key.endswith("_rewards/accuracies"):
-                name = key.removeprefix("eval_").removesuffix("_rewards/accuracies")
-                curves.setdefault(name, []).append((log["step"], value))
+        for name, value in accuracy_by_set(log).items():
+            curves.setdefault(name, []).append((log["step"], value))
     return {k: (np.array([s for s, _ in v]), np.array([a for _, a in v])) for k, v in curves.items()}
 
 
@@ -111,7 +110,7 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
         say(console, f"amapo analyze: using {note}")
     limits = token_limits(trained, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     model_path = resolve_source(config.model_name_or_path)
-    check_positions(model_path, limits["max_length"])
+    check_model_positions(model_path, limits["max_length"])
     tokenizer = load_tokenizer(model_path)
     _, tokenized = load_set(pairs_set, tokenizer, limits, mapping, note, run_role_mapping(trained))
 

@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 
 from amapo.builtin import is_builtin
+from amapo.data.sources import check_local_path, looks_local
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
-from amapo.train.preflight import check_local_path, looks_local
 
 MODEL_FILES = ("config.json", "adapter_config.json")  # a model folder, or a LoRA adapter folder
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
 
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
+from amapo.console import print_table
+from amapo.data.sources import looks_local
 from amapo.data.tokenization import check_rendering
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
@@ -35,9 +36,9 @@ from amapo.evaluation.sets import (
     token_limits,
 )
 from amapo.losses import PreferenceLoss, build_loss, loss_spec
-from amapo.train.options import parse_json_mapping
-from amapo.train.preflight import looks_local
-from amapo.train.report import CONFIG_FILE, print_table
+from amapo.model.loading import best_device, check_positions, load_model, load_tokenizer
+from amapo.options_json import parse_json_mapping
+from amapo.run_files import CONFIG_FILE
 
 RESULTS_FILE = "eval_results.json"
 
@@ -153,40 +154,22 @@ def reference_source(trained: dict[str, Any], override: str | None, methods: str
     return source
 
 
-def check_positions(model_path: str, max_length: int) -> None:
+def check_model_positions(model_path: str, max_length: int) -> None:
     """``max_length`` fits the model's positions (read from its config, which is cheap; unreadable: left to loading)."""
     from transformers import AutoConfig
 
     try:
-        positions = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "max_position_embeddings", None)
+        model_config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError):
         return
-    if positions is not None and max_length > positions:
-        raise UserError(
-            f"--max_length {max_length} exceeds the {positions} positions of the model (max_position_embeddings): "
-            f"use --max_length {positions} or less"
-        )
-
-
-def load_tokenizer(model_path: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    check_positions(max_length, model_config, model_path)
 
 
 def load_models(model_path: str, ref_source: str | None):
-    """(model, reference or None) on the best device; safetensors only (a pickled checkpoint can run code)."""
-    from transformers import AutoModelForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).to(device)
-    if ref_source is None:
-        return model, None
-    ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(ref_source), use_safetensors=True).to(device)
-    return model, ref_model
+    """(model, reference or None) on the best device."""
+    device = best_device()
+    model = load_model(model_path, device=device)
+    return model, (None if ref_source is None else load_model(resolve_source(ref_source), device=device))
 
 
 def print_metric_table(title: str, key_name: str, results: dict[str, dict[str, float]], columns, console) -> None:
@@ -258,7 +241,7 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
     output_dir = Path(config.output_dir or Path(model_path) / "eval")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file: give a folder for the results")
-    check_positions(model_path, limits["max_length"])
+    check_model_positions(model_path, limits["max_length"])
     tokenizer = load_tokenizer(model_path)
     roles = run_role_mapping(trained)
     data = {s.name: load_set(s, tokenizer, limits, mapping, note, roles) for s in sets}  # all checked before scoring

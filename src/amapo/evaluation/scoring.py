@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from amapo.data import PreferenceCollator
+from amapo.data.collator import device_batches
 from amapo.losses import PreferenceInputs, PreferenceLoss
-from amapo.train.logps import enable_response_logps, layout_of_model, sequence_logps
-from amapo.train.trainer import REF_COLUMNS
+from amapo.model.layouts import layout_of_model
+from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
 
 
 def slice_pairs(inputs: PreferenceInputs, start: int, stop: int) -> PreferenceInputs:
@@ -49,13 +50,11 @@ def compute_pair_logps(
             enable_response_logps(scorer)
     layout = layout_of_model(layout, model)
     has_offsets = "offset" in dataset.column_names
-    has_ref_columns = all(c in dataset.column_names for c in REF_COLUMNS)
-    extra = (["offset"] if has_offsets else []) + (list(REF_COLUMNS) if has_ref_columns else [])
+    has_ref_columns = all(c in dataset.column_names for c in REFERENCE_COLUMNS)
+    extra = (["offset"] if has_offsets else []) + (list(REFERENCE_COLUMNS) if has_ref_columns else [])
     collator = PreferenceCollator(pad_token_id, extra_columns=extra, layout=layout)
     parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(PreferenceInputs)}
-    for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in device_batches(dataset, collator, batch_size, device):
         logps, lengths = sequence_logps(model, batch)
         n = logps.shape[0] // 2
         parts["chosen_logps"].append(logps[:n].cpu())

@@ -10,11 +10,12 @@ from typing import Any
 
 from amapo.builtin import resolve_source
 from amapo.data import load_preference_dataset, tokenize_dataset
+from amapo.data.sources import parse_named_set
 from amapo.data.tokenization import check_rendering
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_limits
-from amapo.train.options import parse_json_mapping
-from amapo.train.report import CONFIG_FILE
+from amapo.options_json import parse_json_mapping
+from amapo.run_files import CONFIG_FILE
 
 SET_EXAMPLE = "held_out=pairs.jsonl@train"
 MAPPING_EXAMPLE = '{"chosen": "response_j"}'
@@ -33,13 +34,6 @@ class EvalSet:
     @property
     def label(self) -> str:
         return f"{self.origin} {self.name}={self.source}@{self.split}"
-
-
-def parse_named_set(entry: str) -> tuple[str, str, str]:
-    """(name, source, split) of 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT' (split default: train)."""
-    name, _, source = entry.partition("=")
-    source, _, split = source.partition("@")
-    return name, source, split or "train"
 
 
 def check_named_sets(option: str, entries: list[str]) -> None:

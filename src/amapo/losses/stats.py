@@ -208,3 +208,15 @@ class PoolGather:
             pools.append(seen[low:high])
             counts.append(min(high, end) - max(low, start))
         return Pools(values=pools, local_counts=counts)
+
+
+def margin_statistics(scope: str, pool_size: int | None) -> tuple[GatherFn | None, StepStatistics | None]:
+    """The ``gather`` a loss's adaptive statistics pool over, for ``scope`` (micro_batch, all_ranks, optimizer_step)
+    cut into pools of ``pool_size`` (None: one pool), and the ``StepStatistics`` a trainer fills before each step
+    when the scope is the optimizer step (else None)."""
+    sources = {"micro_batch": None, "all_ranks": all_gather_detached(), "optimizer_step": StepStatistics()}
+    if scope not in sources:
+        raise ValueError(f"margin statistics scope must be one of {', '.join(sources)}, got {scope!r}")
+    source = sources[scope]
+    gather = PoolGather(pool_size, source) if pool_size else source
+    return gather, (source if isinstance(source, StepStatistics) else None)

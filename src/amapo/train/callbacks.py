@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from amapo.hf_internals import CHECKPOINT_PREFIX, progress_bar
 from amapo.train.report import fix_saved_file_modes
 
 
@@ -31,14 +31,15 @@ class LiveProgressCallback(ProgressCallback):
     """tqdm bar whose postfix shows the last logged loss and ranking accuracy, instead of printing each log."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or self.training_bar is None or not logs or "loss" not in logs:
+        bar = progress_bar(self)
+        if not state.is_world_process_zero or bar is None or not logs or "loss" not in logs:
             return
         postfix = {"loss": f"{logs['loss']:.4f}"}
         if "rewards/accuracies" in logs:
             postfix["acc"] = f"{logs['rewards/accuracies']:.3f}"
         if "margin/mean" in logs:
             postfix["margin"] = f"{logs['margin/mean']:.3f}"
-        self.training_bar.set_postfix(postfix, refresh=False)
+        bar.set_postfix(postfix, refresh=False)
 
 
 class SavedFileModesCallback(TrainerCallback):
@@ -47,4 +48,4 @@ class SavedFileModesCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            fix_saved_file_modes(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            fix_saved_file_modes(Path(args.output_dir) / f"{CHECKPOINT_PREFIX}-{state.global_step}")

@@ -70,6 +70,14 @@ class TrainConfig(TrainOptions, TrainingArguments):
             )
         return "optimizer_step", (None if total == size else size)
 
+    def model_options(self) -> dict:
+        """``amapo.model.loading.load_model``'s options for this run's policy and reference."""
+        return {
+            "dtype": self.load_dtype(),
+            "attn_implementation": self.attn_implementation,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
     def load_dtype(self) -> str:
         """The dtype the weights are loaded in (``torch_dtype``, or its default for full training vs LoRA)."""
         if self.torch_dtype is not None:

@@ -8,12 +8,12 @@ DeepSpeed, ...) on top.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from amapo.errors import UserError
+from amapo.options_json import parse_json_mapping
 
 if TYPE_CHECKING:
     from amapo.losses.base import PreferenceLoss
@@ -86,22 +86,6 @@ def check_number(name: str, value: Any) -> None:
     )
     if bad:
         raise UserError(f"--{name} must be {rule}, got {value}")
-
-
-def parse_json_mapping(option: str, value: str | dict | None, example: str) -> dict[str, str] | None:
-    """``value`` (a JSON object of strings, as given on the command line or in YAML) as a dict, or None."""
-    if value is None or isinstance(value, dict):
-        parsed = value
-    else:
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--{option} must be a JSON object such as {example}: {err}") from None
-    if parsed is not None and (
-        not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items())
-    ):
-        raise UserError(f"--{option} must be a JSON object of strings such as {example}, got {value!r}")
-    return parsed
 
 
 @dataclass
@@ -380,11 +364,12 @@ class TrainOptions:
             )
         return chosen
 
-    def build_loss(self) -> PreferenceLoss:
-        """The loss with this run's options; which batch its statistics pool is wired by the trainer."""
+    def build_loss(self, gather=None) -> PreferenceLoss:
+        """The loss with this run's options; ``gather``: the pairs its batch statistics pool over
+        (``amapo.losses.stats.margin_statistics``; None: the micro-batch)."""
         from amapo.losses import build_loss
 
-        options = self.loss_options()
+        options = self.loss_options() | ({"gather": gather} if gather is not None else {})
         try:
             return build_loss(self.method, **options)
         except ValueError as err:  # a value the loss refuses, e.g. beta <= 0

@@ -14,18 +14,16 @@ no model and no dataset, the packaged ``builtin`` recipe runs (the laptop demo).
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
-import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from amapo.errors import UserError
+from amapo.hf_internals import training_argument_names
 from amapo.recipes import available_recipes, recipe_path
 from amapo.train.options import TrainOptions
 
@@ -148,22 +146,6 @@ def parse_full(argv: list[str], defaults: dict, source: str | None) -> TrainConf
             f"--eval_steps {config.eval_steps:g} has no effect with eval_strategy no: add --eval_strategy steps"
         )
     return config
-
-
-def training_argument_names() -> set[str] | None:
-    """The option names of transformers' ``TrainingArguments``, read from its source without importing it (the
-    import takes seconds); None if the source cannot be read that way (then pass 2 finds unknown options)."""
-    try:
-        spec = importlib.util.find_spec("transformers")
-        source = Path(spec.origin).with_name("training_args.py").read_text()
-        tree = ast.parse(source)
-    except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
-        return None
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "TrainingArguments":
-            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)
-                    and isinstance(item.target, ast.Name)}  # fmt: skip
-    return None
 
 
 def check_names_early(remaining: list[str], parser) -> None:

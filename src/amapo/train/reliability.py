@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from amapo.train.ranks import true_on_every_rank
+from amapo.distributed import true_on_every_rank
+from amapo.hf_internals import CHECKPOINT_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class NonFiniteGuard:
 
         optimizer.step = guarded_step
 
+    def skipped_by_engine(self, step: int) -> None:
+        """The engine (DeepSpeed) found the step's gradients non-finite and skipped it before the optimizer, and so
+        this guard's wrap, saw them: record it as the guard's own skip."""
+        rows, self._rows, self._nonfinite_loss = self._rows, [], False
+        self.record(step, rows)
+
     def record(self, step: int, rows: list[int]) -> None:
         self.consecutive += 1
         self.skipped += 1
@@ -86,6 +92,22 @@ def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
     if not grads:
         return True
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one device sync, not one per tensor
+
+
+class EngineSkipCallback(TrainerCallback):
+    """DeepSpeed checks the gradients itself and skips a non-finite step without calling the optimizer, so the
+    guard's wrap never sees it (and would take its rows and flag for the next, finite step). After each step this
+    reads the engine's count of skipped steps and hands a new one to the guard."""
+
+    def __init__(self, guard: NonFiniteGuard, engine) -> None:
+        self.guard, self.engine = guard, engine  # engine(): the DeepSpeed engine once the Trainer has built it
+        self.seen = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        skipped = getattr(self.engine(), "skipped_steps", 0)
+        if skipped > self.seen:
+            self.guard.skipped_by_engine(state.global_step)
+        self.seen = skipped
 
 
 class NonFiniteStopCallback(TrainerCallback):
@@ -161,8 +183,8 @@ def mark_checkpoint_complete(folder: Path, loss_fn: torch.nn.Module) -> None:
 def checkpoint_folders(output_dir: Path) -> list[tuple[int, Path, bool]]:
     """(step, folder, complete) of every ``checkpoint-N`` in ``output_dir``, by step."""
     found = []
-    for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        number = folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+    for folder in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}-*"):
+        number = folder.name.removeprefix(f"{CHECKPOINT_PREFIX}-")
         if folder.is_dir() and number.isdigit():
             found.append((int(number), folder, (folder / COMPLETE_MARKER).exists()))
     return sorted(found)

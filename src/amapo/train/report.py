@@ -12,15 +12,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from amapo.console import print_table
 from amapo.losses import loss_spec
+from amapo.run_files import CONFIG_FILE, METRICS_FILE, accuracy_by_set
 
 if TYPE_CHECKING:
     from amapo.train.config import TrainConfig
-    from amapo.train.run import TrainResult
-
-CONFIG_FILE = "amapo_config.yaml"
-METRICS_FILE = "metrics.jsonl"  # every log of the run, one JSON line each (``callbacks.JsonlMetricsCallback``)
-ACCURACY = "rewards/accuracies"
+    from amapo.train.results import TrainResult
 
 
 def resolved_config(config: TrainConfig) -> dict:
@@ -40,12 +38,8 @@ def write_resolved_config(config: TrainConfig, output_dir: Path) -> None:
 
 def accuracy_rows(result: TrainResult) -> list[tuple[str, float | None, float | None]]:
     """(eval set, ranking accuracy before training, after) for every eval set of the run."""
-    rows = []
-    for key, after in sorted(result.eval_after.items()):
-        if key.endswith("_" + ACCURACY):
-            name = key.removeprefix("eval_").removesuffix("_" + ACCURACY)
-            rows.append((name, result.eval_before.get(key), after))
-    return rows
+    before = accuracy_by_set(result.eval_before)
+    return [(name, before.get(name), after) for name, after in sorted(accuracy_by_set(result.eval_after).items())]
 
 
 def steps_trained(result: TrainResult) -> int | None:
@@ -123,21 +117,6 @@ def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path)
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def print_table(table: Table, console: Console) -> None:
-    """Print ``table`` whole. Piped into a file or a pager, a console is 80 columns wide and rich would cut the
-    headers ("reward_…"); there, the console is widened to the table for this print."""
-    if console.is_terminal:
-        console.print(table)
-        return
-    needed = console.measure(table, options=console.options.update_width(100_000)).maximum
-    width = console.width
-    console.width = max(width, needed)
-    try:
-        console.print(table)
-    finally:
-        console.width = width
 
 
 def print_summary(config: TrainConfig, result: TrainResult, console: Console | None = None) -> None:

@@ -5,26 +5,30 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoConfig, set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
-from amapo.data.collator import row_length
+from amapo.data.collator import device_batches, row_length
 from amapo.data.invalid import describe
+from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
+from amapo.losses.stats import margin_statistics
+from amapo.model.layouts import layout_for
+from amapo.model.loading import check_positions, load_model, load_tokenizer
+from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
+from amapo.run_files import METRICS_FILE, RESULTS_FILE
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, SavedFileModesCallback
 from amapo.train.config import TrainConfig
-from amapo.train.logps import enable_response_logps, layout_for, sequence_logps
 from amapo.train.precision import check_trained_weights, check_weight_dtype
-from amapo.train.preflight import check_local_path
 from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
+    EngineSkipCallback,
     InterruptCallback,
     NonFiniteGuard,
     NonFiniteStepError,
@@ -32,21 +36,11 @@ from amapo.train.reliability import (
     last_complete_checkpoint,
 )
 from amapo.train.report import fix_saved_file_modes, print_summary, write_model_card, write_resolved_config
+from amapo.train.results import TrainResult
 from amapo.train.run_folder import RunLock, check_output_dir, check_resumable, remove_previous_run
-from amapo.train.trainer import REF_COLUMNS, PreferenceTrainer, RowIndexCollator
+from amapo.train.trainer import PreferenceTrainer, RowIndexCollator
 
 logger = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-RESULTS_FILE = "results.json"
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    train_metrics: dict[str, float]
-    eval_before: dict[str, float] = field(default_factory=dict)
-    eval_after: dict[str, float] = field(default_factory=dict)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -55,37 +49,6 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, signum: int, checkpoint: Path | None) -> None:
         self.signum, self.checkpoint = signum, checkpoint
         super().__init__(f"interrupted: checkpoint saved at {checkpoint}; resume with --resume_from_checkpoint last")
-
-
-def check_positions(config: TrainConfig, model_config) -> None:
-    """``max_length`` must fit the model's positions: beyond them a model gives garbage or fails mid-run."""
-    positions = getattr(model_config.get_text_config(), "max_position_embeddings", None)
-    if positions is not None and config.max_length > positions:
-        raise UserError(
-            f"--max_length {config.max_length} exceeds the {positions} positions of {config.model_name_or_path} "
-            f"(max_position_embeddings): use --max_length {positions} or less"
-        )
-
-
-def load_tokenizer(path: str, config: TrainConfig):
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-    if tokenizer.pad_token is None:  # common for base models; padding is masked out everywhere
-        tokenizer.pad_token = tokenizer.eos_token
-    if config.chat_template:
-        template = Path(config.chat_template)
-        is_file = template.suffix == ".jinja" and template.exists()
-        tokenizer.chat_template = template.read_text() if is_file else config.chat_template
-    return tokenizer
-
-
-def load_model(path: str, config: TrainConfig):
-    dtype = config.load_dtype()
-    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    # safetensors only: a pickled .bin checkpoint can run code when loaded
-    kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code, "use_safetensors": True}
-    if config.attn_implementation:
-        kwargs["attn_implementation"] = config.attn_implementation
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def disable_dropout(model) -> None:
@@ -183,9 +146,8 @@ def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool, layout: str
         split = prepare_split(config.dataset, config.eval_split, tokenizer, config, needs_offsets, layout=layout)
         sets["eval"] = shuffled(split, config.dataset_shuffle_seed)
     for entry in config.eval_datasets:
-        name, _, source = entry.partition("=")
-        source, _, split = source.partition("@")
-        sets[name] = prepare_split(source, split or "train", tokenizer, config, needs_offsets, layout=layout)
+        name, source, split = parse_named_set(entry)
+        sets[name] = prepare_split(source, split, tokenizer, config, needs_offsets, layout=layout)
     return sets
 
 
@@ -201,14 +163,12 @@ def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, de
     enable_response_logps(ref_model)
     ref_model.to(device).eval()
     chosen, rejected = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in device_batches(dataset, collator, batch_size, device):
         logps, _ = sequence_logps(ref_model, batch)
         n = logps.shape[0] // 2
         chosen.extend(logps[:n].tolist())
         rejected.extend(logps[n:].tolist())
-    return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+    return dataset.add_column(REFERENCE_COLUMNS[0], chosen).add_column(REFERENCE_COLUMNS[1], rejected)
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
@@ -253,8 +213,10 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
         model_path = resolve_source(config.model_name_or_path)
     model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
     check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
-    check_positions(config, model_config)
-    tokenizer = load_tokenizer(model_path, config)
+    check_positions(config.max_length, model_config, config.model_name_or_path)
+    tokenizer = load_tokenizer(
+        model_path, trust_remote_code=config.trust_remote_code, chat_template=config.chat_template
+    )
     if config.chat_rendering == "handbook" and not tokenizer.chat_template:
         raise UserError(
             f"--chat_rendering handbook renders with a chat template, and the tokenizer of {config.model_name_or_path} "
@@ -278,7 +240,8 @@ def train_in_folder(
     callbacks: list | None = None,
 ) -> TrainResult:
     """The run itself, in the output folder ``run_training`` holds and has cleared or checked for a resume."""
-    loss_fn = config.build_loss()
+    gather, step_statistics = margin_statistics(*config.margin_pool())
+    loss_fn = config.build_loss(gather=gather)  # built once, with the pairs its statistics pool over
     layout = batch_layout(config, model_config)
     logger.info("batch layout: %s", layout)
     train_dataset = shuffled(
@@ -287,7 +250,7 @@ def train_in_folder(
     )
     eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets, layout)
 
-    model = load_model(model_path, config)
+    model = load_model(model_path, **config.model_options())
     if config.disable_dropout:
         disable_dropout(model)
     if config.use_peft:
@@ -295,10 +258,10 @@ def train_in_folder(
     check_trained_weights(model, config)
 
     extra_columns = ["offset"] if loss_fn.needs_offsets else []
-    has_ref_columns = all(c in train_dataset.column_names for c in REF_COLUMNS)
+    has_ref_columns = all(c in train_dataset.column_names for c in REFERENCE_COLUMNS)
     ref_model = None
     if loss_fn.needs_reference and not has_ref_columns and not config.use_peft:
-        ref_model = load_model(resolve_source(config.ref_model_name_or_path or model_path), config)
+        ref_model = load_model(resolve_source(config.ref_model_name_or_path or model_path), **config.model_options())
         ref_model.requires_grad_(False).eval()
     if ref_model is not None and config.precompute_ref_logps:
         collator = PreferenceCollator(tokenizer.pad_token_id, layout=layout)
@@ -309,7 +272,7 @@ def train_in_folder(
         eval_datasets = {name: compute(ds) for name, ds in eval_datasets.items()}
         ref_model, has_ref_columns = None, True
     if loss_fn.needs_reference and has_ref_columns:
-        extra_columns += list(REF_COLUMNS)
+        extra_columns += list(REFERENCE_COLUMNS)
 
     trainer = PreferenceTrainer(
         model=model,
@@ -321,6 +284,8 @@ def train_in_folder(
         ),
         processing_class=tokenizer,
         loss_fn=loss_fn,
+        step_statistics=step_statistics,
+        lm_head_chunk_size=config.lm_head_chunk_size,
         ref_model=ref_model,
         nonfinite_guard=(guard := NonFiniteGuard(config.max_nonfinite_steps, output_dir / NONFINITE_FILE)),
     )
@@ -331,6 +296,8 @@ def train_in_folder(
     checkpoint_state = CheckpointStateCallback(trainer.loss_fn)
     trainer.add_callback(checkpoint_state)
     checkpoint_state.restore(checkpoint)
+    if trainer.is_deepspeed_enabled:  # DeepSpeed skips non-finite steps itself, before the guard's wrap
+        trainer.add_callback(EngineSkipCallback(guard, engine=lambda: trainer.model_wrapped))
     trainer.add_callback(NonFiniteStopCallback(guard))
     interrupt = InterruptCallback()
     trainer.add_callback(interrupt)

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import yaml
 
 from amapo.errors import UserError
-from amapo.train.report import CONFIG_FILE, resolved_config
-
-PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils' (importing that module takes seconds)
+from amapo.hf_internals import CHECKPOINT_PREFIX
+from amapo.run_files import CONFIG_FILE
+from amapo.train.report import resolved_config
 
 if TYPE_CHECKING:
     from amapo.train.config import TrainConfig
@@ -58,7 +58,7 @@ RUN_FILES = (
     "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
-    f"{PREFIX_CHECKPOINT_DIR}-*",
+    f"{CHECKPOINT_PREFIX}-*",
     "runs",
     "eval",
     "analysis",
@@ -251,19 +251,19 @@ def previous_run_files(output_dir: Path) -> list[Path]:
     for path in folder.iterdir():
         if not any(fnmatch.fnmatch(path.name, pattern) for pattern in RUN_FILES):
             continue
-        if path.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and not checkpoint_step(path.name).isdigit():
+        if path.name.startswith(f"{CHECKPOINT_PREFIX}-") and not checkpoint_step(path.name).isdigit():
             continue
         if path.name == "README.md" and not is_model_card(path):
             continue
         found.append(path)
     checkpoints = sorted(
-        (p for p in found if p.name.startswith(PREFIX_CHECKPOINT_DIR)), key=lambda p: int(checkpoint_step(p.name))
+        (p for p in found if p.name.startswith(CHECKPOINT_PREFIX)), key=lambda p: int(checkpoint_step(p.name))
     )
     return checkpoints + sorted(p for p in found if p not in checkpoints)
 
 
 def checkpoint_step(name: str) -> str:
-    return name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+    return name.removeprefix(f"{CHECKPOINT_PREFIX}-")
 
 
 def is_model_card(path: Path) -> bool:

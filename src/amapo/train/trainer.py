@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from amapo.hf_internals import CHECKPOINT_PREFIX, check_trainer_hooks
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
-from amapo.losses.stats import PoolGather, StepStatistics, all_gather_detached
-from amapo.train.logps import enable_response_logps, sequence_logps
+from amapo.losses.stats import StepStatistics
+from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
 from amapo.train.reliability import NonFiniteGuard, mark_checkpoint_complete, rotate_checkpoints
 from amapo.train.report import write_resolved_config
 
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+check_trainer_hooks(Trainer)  # the transformers internals PreferenceTrainer overrides are there, as it expects
 
 
 class MetricStore:
@@ -68,20 +68,24 @@ class PreferenceTrainer(Trainer):
         self,
         *args,
         loss_fn: PreferenceLoss,
+        step_statistics: StepStatistics | None = None,
+        lm_head_chunk_size: int = 0,
         ref_model: torch.nn.Module | None = None,
         nonfinite_guard: NonFiniteGuard | None = None,
         **kwargs,
     ):
+        """``loss_fn`` comes built with its ``gather`` (``margin_statistics``); ``step_statistics`` is that gather's
+        source when the statistics span the optimizer step (the trainer fills it before each step);
+        ``lm_head_chunk_size``: tokens per LM-head chunk (0: 128 MiB of fp32 logits)."""
         self.nonfinite_guard = nonfinite_guard  # before super().__init__, which may create the optimizer
-        chunk_tokens = getattr(kwargs.get("args"), "lm_head_chunk_size", 0)
         if kwargs.get("model") is not None:  # before the Trainer wraps it (DDP, FSDP, DeepSpeed)
-            enable_response_logps(kwargs["model"], chunk_tokens)
+            enable_response_logps(kwargs["model"], lm_head_chunk_size)
         if ref_model is not None:
-            enable_response_logps(ref_model, chunk_tokens)
+            enable_response_logps(ref_model, lm_head_chunk_size)
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn.to(self.args.device)
-        self.step_statistics = self.wire_margin_statistics(*self.args.margin_pool())
+        self.step_statistics = step_statistics
         self.ref_model = None
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
@@ -92,16 +96,6 @@ class PreferenceTrainer(Trainer):
         if self.nonfinite_guard is not None:
             self.nonfinite_guard.wrap(optimizer, step_number=lambda: self.state.global_step + 1)
         return optimizer
-
-    def wire_margin_statistics(self, scope: str, pool_size: int | None) -> StepStatistics | None:
-        """Point the loss's ``gather`` at the pairs its adaptive statistics pool (``TrainConfig.margin_pool``):
-        ``scope`` is the batch they see (micro_batch, all_ranks, optimizer_step), cut into pools of ``pool_size``."""
-        sources = {"micro_batch": None, "all_ranks": all_gather_detached(), "optimizer_step": StepStatistics()}
-        if scope not in sources:
-            raise ValueError(f"margin statistics scope must be one of {', '.join(sources)}, got {scope!r}")
-        source = sources[scope]
-        self.loss_fn.gather = PoolGather(pool_size, source) if pool_size else source
-        return source if isinstance(source, StepStatistics) else None
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the step's micro-batches; for statistics over the optimizer step, score all of them first."""
@@ -172,7 +166,7 @@ class PreferenceTrainer(Trainer):
         """Precomputed columns if the batch has them, else the frozen reference (or the adapter-free policy)."""
         if not self.loss_fn.needs_reference:
             return None, None
-        if all(c in inputs for c in REF_COLUMNS):
+        if all(c in inputs for c in REFERENCE_COLUMNS):
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         with torch.no_grad():
             if self.ref_model is not None:
@@ -202,7 +196,7 @@ class PreferenceTrainer(Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every rank's part written (DeepSpeed, FSDP) before the marker
         if self.args.should_save:
-            folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}-{self.state.global_step}"
             write_resolved_config(self.args, folder)  # a resume checks its options against this run's
             mark_checkpoint_complete(folder, self.loss_fn)
             rotate_checkpoints(folder.parent, limit, newest=folder, keep=self.state.best_model_checkpoint)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from amapo.train.ranks import largest_across_ranks
+from amapo.distributed import largest_across_ranks
 
 DEFAULT_CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk (a chunk works in about 3x this); larger is no faster on CPU
 

@@ -9,95 +9,29 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import yaml
 from rich.console import Console
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
+from amapo.compare.config import CompareConfig, RunResult
+from amapo.compare.report import write_report
 from amapo.data import load_preference_dataset
+from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.evaluation.analysis import accuracy_curves_from_metrics
-from amapo.evaluation.checks import check_method, check_number
 from amapo.evaluation.generation import generate_responses
-from amapo.evaluation.report import write_report
 from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
-from amapo.evaluation.sets import parse_named_set
+from amapo.model.loading import load_model, load_tokenizer
+from amapo.run_files import accuracy_by_set
 from amapo.train.options import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args
-from amapo.train.preflight import check_local_path, dataset_sources
+from amapo.train.preflight import dataset_sources
 from amapo.train.run import prepare_split, run_training
-
-DEFAULT_METHODS = [
-    "dpo",
-    "simpo",
-    "amapo",
-    "amapo-no-znorm",
-    "amapo-no-exp",
-    "amapo-no-adaptive",
-    "amapo-no-zero-margin",
-]
-
-
-@dataclass
-class CompareConfig:
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={"help": "Methods to train."})
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Seeds (at least 3 for spreads)."})
-    recipe: str = field(default="builtin", metadata={"help": "Training recipe shared by all runs (path or name)."})
-    beta_sweep: list[float] = field(
-        default_factory=list, metadata={"help": "Betas to sweep (sweep mode: each method x beta x seed)."}
-    )
-    output_dir: str = field(default="reports/compare", metadata={"help": "Report folder; runs go in runs/."})
-    max_steps: int = field(default=-1, metadata={"help": "Training budget per run in steps (-1: the recipe's)."})
-    eval_steps: int = field(default=64, metadata={"help": "Evaluate every N steps (accuracy curves)."})
-    analysis_set: str = field(default="in_distribution", metadata={"help": "Eval set for the gradient indicators."})
-    generate: bool = field(default=True, metadata={"help": "Sample answers and measure length and true reward."})
-    generation_sets: list[str] = field(
-        default_factory=lambda: ["in_distribution", "prompt_ood"], metadata={"help": "Eval sets to answer."}
-    )
-    max_generations: int = field(default=128, metadata={"help": "Prompts answered per set and run."})
-    max_new_tokens: int = field(default=16, metadata={"help": "Tokens per answer."})
-
-    def __post_init__(self) -> None:
-        """Every option that can be checked alone, as a ``UserError`` naming it (``check_compare`` checks the runs)."""
-        for option, values, example in (
-            ("methods", self.methods, "--methods simpo amapo"),
-            ("seeds", self.seeds, "--seeds 1 2 3"),
-        ):
-            if not values:
-                raise UserError(f"--{option} needs at least one value, e.g. {example}")
-            twice = sorted({str(v) for v in values if values.count(v) > 1})
-            if twice:  # two runs would share a folder
-                raise UserError(f"--{option} lists {', '.join(twice)} twice: give each once")
-        for method in self.methods:
-            check_method("methods", method)
-        for beta in self.beta_sweep:
-            check_number("beta_sweep", beta, "> 0")
-        if len(set(self.beta_sweep)) != len(self.beta_sweep):
-            raise UserError(f"--beta_sweep lists a beta twice: {' '.join(f'{b:g}' for b in self.beta_sweep)}")
-        if self.max_steps != -1 and self.max_steps < 1:
-            raise UserError(f"--max_steps must be -1 (the recipe's budget) or >= 1, got {self.max_steps}")
-        for option in ("eval_steps", "max_generations", "max_new_tokens"):
-            check_number(option, getattr(self, option), ">= 1")
-
-
-@dataclass
-class RunResult:
-    """What one (method, beta, seed) run measured."""
-
-    method: str
-    seed: int
-    beta: float | None
-    run_dir: str
-    accuracy: dict[str, float]  # eval set -> ranking accuracy after training
-    accuracy_before: dict[str, float]
-    gradient: dict[str, float]  # indicators on the analysis set, with the run's own method
-    generation: dict[str, float]
-    curve: dict[str, list[list[float]]]  # eval set -> [[step, accuracy], ...]
 
 
 def recipe_values(config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path) -> dict:
@@ -176,19 +110,14 @@ def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None
     return train_config, run_training(train_config)
 
 
-def accuracy_by_set(metrics: dict[str, float]) -> dict[str, float]:
-    suffix = "_rewards/accuracies"
-    return {k.removeprefix("eval_").removesuffix(suffix): v for k, v in metrics.items() if k.endswith(suffix)}
-
-
 def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dict, dict, tuple]:
     """Gradient indicators on the analysis set and generation metrics, from the saved model."""
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForCausalLM.from_pretrained(run_dir)
+    tokenizer = load_tokenizer(str(run_dir))
+    model = load_model(str(run_dir))
     loss_fn = train_config.build_loss()
     ref_model = None
     if loss_fn.needs_reference:
-        ref_model = AutoModelForCausalLM.from_pretrained(resolve_source(train_config.model_name_or_path))
+        ref_model = load_model(resolve_source(train_config.model_name_or_path))
     sets = {name: (source, split) for name, source, split in map(parse_named_set, train_config.eval_datasets)}
     source, split = sets[config.analysis_set]
     tokenized = prepare_split(source, split, tokenizer, train_config, loss_fn.needs_offsets)

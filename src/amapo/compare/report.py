@@ -6,14 +6,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from amapo.compare.config import CompareConfig, RunResult
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights, plot_sweep
-
-if TYPE_CHECKING:
-    from amapo.evaluation.compare import CompareConfig, RunResult
 
 SETS = ("in_distribution", "prompt_ood", "response_ood", "mutual_ood")
 REPORT_FILE = "report.md"

@@ -1,0 +1,226 @@
+"""Per-framework summaries of the workers' raw numbers (medians over measured steps, peaks over rounds, MFU) and
+the markdown tables and notes the run prints.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from .common import BASELINE, GB, REFERENCE_BASED
+from .data import model_flops
+
+
+def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: dict, peak: float) -> dict:
+    """Medians over every measured step of every successful round, peaks over rounds, and the checks."""
+    ok = [r for r in runs if r.get("ok")]
+    summary: dict = {"framework": framework, "rounds_ok": len(ok), "rounds": len(runs)}
+    errors = [r.get("error", "?") for r in runs if not r.get("ok")]
+    if errors:
+        summary["errors"] = errors
+    if not ok:
+        summary["failed"] = True
+        return summary
+    model = data_info["model"]
+    reference = framework in REFERENCE_BASED
+    tokens_per_s, step_times, mfu, warnings, seen_batches = [], [], [], [], []
+    for run in ok:
+        observed = run.get("batches") or []
+        for step, seconds in zip(run.get("measured_steps", []), run.get("step_times", []), strict=False):
+            expected = steps[step - 1]
+            seen = observed[step - 1] if step - 1 < len(observed) else None
+            counted = expected
+            if seen is not None:
+                seen_batches.append(seen)
+                for key in ("tokens", "response_tokens"):
+                    if key in seen and seen[key] != expected[key]:
+                        warnings.append(
+                            f"step {step}: the collated batch held {seen[key]} {key.replace('_', ' ')}, "
+                            f"the data order says {expected[key]} (a different batch, or truncation): "
+                            "counted what the batch held"
+                        )
+                        counted = {**expected, **{k: seen.get(k, expected[k]) for k in ("tokens", "response_tokens")}}
+                        counted["sum_len_sq"] = seen.get("sum_len_sq", expected["sum_len_sq"])
+            flops = model_flops(
+                counted,
+                n_nonembedding=model["params_nonembedding"],
+                hidden=model["hidden_size"],
+                vocab=model["vocab"],
+                layers=model["num_hidden_layers"],
+                reference=reference,
+            )
+            tokens_per_s.append(counted["tokens"] / seconds)
+            step_times.append(seconds)
+            mfu.append(flops / seconds / peak)
+        if not observed or all(b is None for b in observed):
+            warnings.append("could not observe the collated batches: token counts are from the data order only")
+    if not step_times:
+        summary["failed"] = True
+        summary.setdefault("errors", []).append("no measured steps")
+        return summary
+    losses = [r.get("losses", {}).get("1") for r in ok]
+    losses = [x for x in losses if x is not None]
+    summary.update(
+        tokens_per_s=statistics.median(tokens_per_s),
+        step_time_s=statistics.median(step_times),
+        mfu=statistics.median(mfu),
+        measured_steps=len(step_times),
+        peak_rss=max(r["peak_rss"] for r in ok),
+        rss_increase=max(r["peak_rss"] - (r.get("rss_before_train") or r["peak_rss"]) for r in ok),
+        step1_loss=losses[0] if losses else None,
+        step1_loss_spread=(max(losses) - min(losses)) if losses else None,
+        warnings=sorted(set(warnings)),
+    )
+    cuda_peaks = [r["cuda_max_allocated"] for r in ok if r.get("cuda_max_allocated") is not None]
+    if cuda_peaks:
+        summary["cuda_max_allocated"] = max(cuda_peaks)
+    if seen_batches:
+        logical = sum(b["tokens"] for b in seen_batches)
+        summary["observed"] = {
+            "layouts": sorted({b.get("layout", "?") for b in seen_batches}),
+            "processed_over_logical_tokens": sum(b["processed_tokens"] for b in seen_batches) / logical,
+            "input_positions_over_logical_tokens": sum(b["padded_tokens"] for b in seen_batches) / logical,
+        }
+    settings = next((r["settings"] for r in ok if r.get("settings")), None)
+    if settings:
+        summary["settings"] = settings
+    return summary
+
+
+def layout_lines(summaries: dict[str, dict]) -> list[str]:
+    lines = []
+    for name, s in summaries.items():
+        seen = s.get("observed")
+        options = {k: v for k, v in s.get("settings", {}).items() if k in ("batch_layout", "lm_head_chunk_size")}
+        if seen:
+            asked = f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+            lines.append(
+                f"{name}: batch layout {'/'.join(seen['layouts'])}{asked}; tokens fed to the model (no padding) "
+                f"{100 * seen['processed_over_logical_tokens']:.0f}% of the logical tokens, input positions "
+                f"(padding included) {100 * seen['input_positions_over_logical_tokens']:.0f}%"
+            )
+    return lines
+
+
+def fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
+    base = summaries.get(BASELINE, {})
+    base_ok = base and not base.get("failed")
+    header = ["framework", "tokens/s", "step time s", "peak RSS GiB", "RSS increase GiB"]
+    if cuda:
+        header.append("CUDA max alloc GiB")
+    header += ["MFU %", "step-1 loss", f"tokens/s vs {BASELINE}", f"peak RSS vs {BASELINE}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in summaries.items():
+        if s.get("failed"):
+            error = "; ".join(s.get("errors", ["failed"]))[:160].replace("|", "/").replace("\n", " ")
+            cells = [name, f"FAILED: {error}"] + [""] * (len(header) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        cells = [
+            name,
+            fmt(s["tokens_per_s"], ",.0f"),
+            fmt(s["step_time_s"], ".3f"),
+            fmt(s["peak_rss"] / GB, ".2f"),
+            fmt(s["rss_increase"] / GB, ".2f"),
+        ]
+        if cuda:
+            cells.append(fmt(s.get("cuda_max_allocated", 0) / GB, ".2f"))
+        cells += [fmt(100 * s["mfu"], ".2f"), fmt(s["step1_loss"], ".6f")]
+        if base_ok:
+            cells += [
+                fmt(s["tokens_per_s"] / base["tokens_per_s"], ".2f") + "x",
+                fmt(s["peak_rss"] / base["peak_rss"], ".2f") + "x",
+            ]
+        else:
+            cells += ["n/a", "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def loss_comparisons(summaries: dict[str, dict]) -> list[str]:
+    lines = []
+    for a_name, b_name in (
+        ("amapo-simpo", "trl-cpo-simpo"),
+        ("liger-simpo", "trl-cpo-simpo"),
+        ("amapo-dpo", "trl-dpo"),
+    ):
+        a_loss = summaries.get(a_name, {}).get("step1_loss")
+        b_loss = summaries.get(b_name, {}).get("step1_loss")
+        if a_loss is not None and b_loss is not None:
+            lines.append(f"step-1 loss {a_name} - {b_name}: {a_loss - b_loss:+.3e} ({a_loss:.8f} vs {b_loss:.8f})")
+    for name in ("amapo-dpo", "trl-dpo"):
+        loss = summaries.get(name, {}).get("step1_loss")
+        if loss is not None:
+            lines.append(f"step-1 loss {name} - ln 2 (policy == reference): {loss - math.log(2):+.3e}")
+    for name, s in summaries.items():
+        spread = s.get("step1_loss_spread")
+        if spread:
+            lines.append(f"note: {name}'s step-1 loss differs between rounds by {spread:.3e}")
+    return lines
+
+
+def losscheck_lines(check: dict | None) -> list[str]:
+    if not check:
+        return []
+    if not check.get("ok"):
+        return [f"loss check: FAILED: {check.get('error')}"]
+    data = check.get("losscheck", {})
+    lines = [f"loss check (SimPO, first {data.get('pairs')} pairs, before any update):"]
+    diffs = data.get("diff_vs_trl_compute_loss", {})
+    for name, value in data.get("values", {}).items():
+        diff = diffs.get(name)
+        suffix = f"   diff vs TRL compute_loss {diff:+.3e}" if diff is not None else ""
+        lines.append(f"  {name:34s} {value:.8f}{suffix}")
+    for name, error in data.get("errors", {}).items():
+        lines.append(f"  {name}: FAILED: {error}")
+    batches = {k: check.get(k) for k in ("trl_first_batch", "amapo_first_batch", "liger_first_batch") if check.get(k)}
+    tokens = {k: b.get("tokens") for k, b in batches.items()}
+    if len(set(tokens.values())) > 1:
+        lines.append(f"  warning: the first batches differ in non-pad tokens: {tokens}")
+    return lines
+
+
+def vocab_section(a, vocab: int, entry: dict, peak: dict, cuda: bool) -> str:
+    """The markdown of one vocabulary: what ran, the table, then the loss comparisons, the loss check, the batch
+    layouts and every warning, error and note (each once, in order)."""
+    data_info, summaries = entry["data"], entry["summary"]
+    lines = [
+        f"### vocab {vocab}",
+        "",
+        f"{data_info['pairs']} pairs, batch {a.batch}, {a.min_len}-{a.max_len} words per prompt+response "
+        f"(mean {data_info['mean_pair_tokens']:.0f} tokens per pair), {a.warmup} warm-up + {a.steps} measured "
+        f"steps x {a.rounds} rounds; {data_info['model']['dtype']}; medians over measured steps; peak RSS: max over "
+        f"rounds; MFU vs the measured {peak['gflops_per_s']:.1f} GFLOP/s",
+        "",
+        vocab_table(vocab, summaries, cuda),
+        "",
+    ]
+    notes = loss_comparisons(summaries) + losscheck_lines(entry.get("losscheck")) + layout_lines(summaries)
+    for name, s in summaries.items():
+        notes += [f"warning: {name}: {w}" for w in s.get("warnings", [])]
+        notes += [f"error: {name}: {e}" for e in s.get("errors", [])]
+        for run in entry["runs"][name]:
+            notes += [f"note: {name}: {n}" for n in run.get("notes", [])]
+    lines += sorted(set(notes), key=notes.index)
+    return "\n".join(lines)
+
+
+def report_header(command: str, machine: dict, liger_line: str, peak: dict, cuda: bool) -> list[str]:
+    """The lines above the tables in the ``.md`` output: the command, the machine, the versions, the peak."""
+    return [
+        "## preference step benchmark",
+        "",
+        f"command: `{command}`",
+        "",
+        f"machine: {machine['cpu']}, {machine['cpus_usable']} usable CPUs, "
+        + (f"GPU {machine['gpu']}, " if cuda else "")
+        + f"{machine.get('ram_gb', '?')} GB RAM, torch threads {machine['torch_threads']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+        liger_line,
+        f"peak matmul: {peak['gflops_per_s']:.1f} GFLOP/s ({peak['what']})",
+        "",
+    ]

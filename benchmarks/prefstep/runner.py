@@ -1,0 +1,119 @@
+"""The parent's side of the worker protocol: the command line that starts ``preference_step.py --worker ...``
+(it mirrors the options of ``parse_args`` there), the worker's environment, and reading its result line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import REPO_ROOT, RESULT_MARKER, SCRIPT
+
+
+def probe_device(a, workdir: Path) -> dict:
+    """Peak matmul throughput (and the GPU's name), measured in a subprocess."""
+    cmd = [sys.executable, str(SCRIPT), "--worker", "peak", "--device", a.device]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(workdir), cwd=REPO_ROOT, timeout=600)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            result = json.loads(line[len(RESULT_MARKER) :])
+            if result.get("ok"):
+                return result
+            raise RuntimeError(f"measuring the peak matmul throughput failed: {result.get('error')}")
+    raise RuntimeError(f"measuring the peak matmul throughput failed:\n{proc.stderr[-3000:]}")
+
+
+def worker_command(a, framework: str, vocab: int, model_dir: Path, data: Path, output_dir: Path) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--worker", framework,
+        "--vocab", str(vocab),
+        "--model_dir", str(model_dir),
+        "--data", str(data),
+        "--output_dir", str(output_dir),
+        "--batch", str(a.batch),
+        "--min_len", str(a.min_len),
+        "--max_len", str(a.max_len),
+        "--steps", str(a.steps),
+        "--warmup", str(a.warmup),
+        "--lr", repr(a.lr),
+        "--seed", str(a.seed),
+        "--device", a.device,
+        "--liger_chunk_size", str(a.liger_chunk_size),
+        "--losscheck_batch", str(a.losscheck_batch),
+    ]  # fmt: skip
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    if a.amapo_layout is not None:
+        cmd += ["--amapo_layout", a.amapo_layout]
+    if a.amapo_lm_head_chunk_size is not None:
+        cmd += ["--amapo_lm_head_chunk_size", str(a.amapo_lm_head_chunk_size)]
+    if a.liger_no_compile:
+        cmd += ["--liger_no_compile"]
+    if a.with_liger:
+        cmd += ["--with_liger"]
+    return cmd
+
+
+def worker_env(workdir: Path) -> dict:
+    env = os.environ.copy()
+    src = str(REPO_ROOT / "src")  # benchmark this checkout's amapo
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_CACHE", str(workdir / "hf_datasets_cache"))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: str) -> dict:
+    output_dir = workdir / "runs" / tag
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True)
+    log_path = workdir / "logs" / f"{tag}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = worker_command(a, framework, vocab, paths["model_dir"], paths["data"], output_dir)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=a.worker_timeout, env=worker_env(workdir), cwd=REPO_ROOT
+        )
+        stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        stdout = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        returncode = None
+    elapsed = time.perf_counter() - start
+    log_path.write_text(f"$ {shlex.join(cmd)}\n\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
+    result = None
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            with contextlib.suppress(json.JSONDecodeError):
+                result = json.loads(line[len(RESULT_MARKER) :])
+            break
+    if result is None:
+        if returncode is None:
+            error = f"timed out after {a.worker_timeout} s"
+        elif returncode < 0:
+            signal_number = -returncode
+            error = f"killed by signal {signal_number}" + (" (likely out of memory)" if signal_number == 9 else "")
+        else:
+            error = f"exited with code {returncode} without a result"
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        result = {"framework": framework, "vocab": vocab, "ok": False, "error": error, "stderr_tail": tail}
+    result["returncode"] = returncode
+    result["process_wall_s"] = elapsed
+    result["log"] = str(log_path)
+    shutil.rmtree(output_dir, ignore_errors=True)  # trainer outputs (saved models) are not needed afterwards
+    return result

@@ -1,0 +1,61 @@
+"""Loading a causal LM and its tokenizer: one function each, for training, evaluation and comparison.
+
+Weights load from safetensors only: a pickled ``.bin`` checkpoint can run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+from amapo.data.chat import read_chat_template
+from amapo.errors import UserError
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer of ``path``, padding with EOS where it has no pad token (padding is masked out everywhere),
+    and ``chat_template`` (Jinja text or a file) in place of its own if given."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:  # common for base models
+        tokenizer.pad_token = tokenizer.eos_token
+    if chat_template:
+        tokenizer.chat_template = read_chat_template(chat_template)
+    return tokenizer
+
+
+def load_model(
+    path: str,
+    *,
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+):
+    """``AutoModelForCausalLM`` from safetensors; ``dtype`` a torch dtype name or "auto"; on ``device`` if given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {
+        "dtype": dtype if dtype == "auto" else getattr(torch, dtype),
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model.to(device) if device else model
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_positions(max_length: int, model_config, model_name: str) -> None:
+    """``max_length`` must fit the model's positions: beyond them a model gives garbage or fails mid-run."""
+    positions = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise UserError(
+            f"--max_length {max_length} exceeds the {positions} positions of {model_name} "
+            f"(max_position_embeddings): use --max_length {positions} or less"
+        )

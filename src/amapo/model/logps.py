@@ -1,0 +1,157 @@
+"""Summed response log-probs of every sequence in a collated batch: the only model output the losses need.
+
+    log pi(y|x) = sum_t log pi(y_t | x, y_<t)
+
+The model runs its decoder only; the response tokens of the collator's table (``amapo.data.collator``) go
+through the LM head in chunks (``amapo.model.lm_head``), so neither the [rows, T, vocab] logits nor their fp32
+log-softmax ever exist, and prompt and padding positions never reach the head.
+
+This runs *inside* the model's forward, patched in by ``enable_response_logps`` (as TRL's
+``add_fused_lm_head`` does), so that DDP, FSDP and DeepSpeed see an ordinary forward call of the wrapped model
+and gather/reduce parameters as usual; with the keyword absent the forward is the original one (generation and
+saving are unchanged). PEFT wraps the patched model and passes the keyword through.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+
+from amapo.errors import UserError
+from amapo.model.layouts import model_inputs
+from amapo.model.lm_head import LogitTransform, chunk_size_for, token_logps_from_hidden
+from amapo.model.wrappers import causal_lm_of
+
+PATCH_MARK = "_amapo_response_logps"
+VERIFIED_MARK = "_amapo_response_logps_verified"
+# Families whose causal LM is not "decoder hidden states -> LM head -> logit transform", refused up front. Any other
+# misfit shows on the first batch (``verify_fused_logps``).
+UNFIT_FAMILIES = {
+    "prophetnet": "it predicts n-gram streams, not one next token per position",
+    "xlm-prophetnet": "it predicts n-gram streams, not one next token per position",
+}
+# How far the fused per-token log-probs may be from the plain computation's: the same numbers up to the order of
+# the LM head's matmul accumulation (16-bit logits round at about 0.06 around 10); a missing logit transform is off
+# by far more.
+FUSED_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+FUSED_TOLERANCE_16BIT = 0.15
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # precomputed reference log-probs of a dataset
+
+
+@dataclass
+class ResponseTargets:
+    """Which hidden states predict which response tokens: flat positions into [R * T], token ids."""
+
+    positions: torch.Tensor
+    ids: torch.Tensor
+
+
+def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0) -> torch.nn.Module:
+    """Let ``model(..., response_targets=ResponseTargets)`` return fp32 per-token log-probs [M] (idempotent).
+
+    ``chunk_tokens``: tokens per LM-head chunk; 0 = as many as keep a chunk's fp32 logits under 128 MiB.
+    """
+    lm = causal_lm_of(model)
+    if getattr(lm, PATCH_MARK, None) is not None:
+        setattr(lm, PATCH_MARK, chunk_tokens)
+        return model
+    check_fits(lm)
+    original_forward = lm.forward
+    transform = LogitTransform.of(lm.config)
+
+    @functools.wraps(type(lm).forward)
+    def forward(self, *args, response_targets: ResponseTargets | None = None, **kwargs):
+        if response_targets is None:
+            return original_forward(*args, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state  # the decoder, final norm included
+        lm_head = self.get_output_embeddings()
+        vocab = self.config.get_text_config().vocab_size
+        chunk = chunk_size_for(vocab, getattr(self, PATCH_MARK))
+        hidden = hidden.reshape(-1, hidden.shape[-1])[response_targets.positions]
+        return token_logps_from_hidden(hidden, lm_head, response_targets.ids, chunk, transform)
+
+    lm.forward = types.MethodType(forward, lm)
+    setattr(lm, PATCH_MARK, chunk_tokens)
+    return model
+
+
+def check_fits(lm: torch.nn.Module) -> None:
+    """Refuse, naming the model class, a model that the patched forward would compute wrongly."""
+    config = getattr(lm, "config", None)
+    name = type(lm).__name__
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"{name} is an encoder-decoder model: amapo trains decoder-only causal LMs")
+    reason = UNFIT_FAMILIES.get(getattr(config, "model_type", None))
+    if reason:
+        raise UserError(f"{name} ({config.model_type}) does not fit amapo's response log-probs: {reason}")
+    if lm.get_output_embeddings() is None or not hasattr(lm, "base_model"):
+        raise UserError(f"{name} has no LM head (get_output_embeddings() is None): amapo needs a causal LM")
+
+
+@torch.no_grad()
+def verify_fused_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """Compare the patched forward's per-token log-probs with the plain full-logits computation on ``batch``; a
+    difference beyond ``FUSED_TOLERANCE`` stops with a message naming the model class (a family whose forward does
+    something the patch does not: another logit transform, a scaled hidden state, a second head).
+
+    Run once per model, on its first batch (``sequence_logps``), in eval mode so that dropout cannot differ. Every
+    rank runs it on its own first batch, so sharded engines see the same calls everywhere.
+    """
+    lm = causal_lm_of(model)
+    targets = ResponseTargets(batch["target_positions"], batch["target_ids"])
+    dtype = getattr(lm, "dtype", torch.float32)
+    training = model.training
+    model.eval()
+    try:
+        fused = model(**model_inputs(batch, dtype), response_targets=targets)
+        logits = model(**model_inputs(batch, dtype), use_cache=False).logits
+    finally:
+        model.train(training)
+    plain = _token_logps_of_logits(logits, targets)
+    computed_in = logits.dtype  # bf16 under autocast or a sharded engine's mixed precision, whatever ``dtype`` says
+    tolerance = FUSED_TOLERANCE.get(computed_in, FUSED_TOLERANCE_16BIT)
+    gap = (fused - plain).abs().max().item() if fused.numel() else 0.0
+    if not gap <= tolerance:
+        raise UserError(
+            f"{type(lm).__name__}: amapo's fused response log-probs differ from the model's own forward by up to "
+            f"{gap:.3g} (allowed {tolerance:g} in {str(computed_in).removeprefix('torch.')}) on the first batch: "
+            "this model family computes its logits in a way amapo's patched forward does not know; please report it"
+        )
+    setattr(lm, VERIFIED_MARK, True)
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs (fp32 [2B]) and response lengths ([2B]) of the batch's 2B sequences.
+
+    The model must have been through ``enable_response_logps``; models that are not transformers causal LMs
+    (no patch) get the plain computation from their full logits.
+    """
+    lengths = batch["response_lengths"].to(torch.float32)
+    targets = ResponseTargets(batch["target_positions"], batch["target_ids"])
+    lm = causal_lm_of(model)
+    dtype = getattr(lm, "dtype", torch.float32)
+    if getattr(lm, PATCH_MARK, None) is None:
+        per_token = plain_token_logps(model, batch, targets, dtype)
+    else:
+        if not getattr(lm, VERIFIED_MARK, False):
+            verify_fused_logps(model, batch)
+        per_token = model(**model_inputs(batch, dtype), response_targets=targets)
+    summed = per_token.new_zeros(lengths.shape[0]).index_add(0, batch["target_owner"], per_token)
+    return summed, lengths
+
+
+def plain_token_logps(
+    model, batch: dict[str, torch.Tensor], targets: ResponseTargets, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The reference computation: full logits, fp32 log-softmax per row, gathered at the table's positions."""
+    return _token_logps_of_logits(model(**model_inputs(batch, dtype), use_cache=False).logits, targets)
+
+
+def _token_logps_of_logits(logits: torch.Tensor, targets: ResponseTargets) -> torch.Tensor:
+    rows = [torch.log_softmax(row.float(), dim=-1) for row in logits]  # fp32 for one row at a time
+    flat = torch.cat(rows).reshape(-1, logits.shape[-1])
+    return flat[targets.positions].gather(-1, targets.ids[:, None]).squeeze(-1)
