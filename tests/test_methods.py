@@ -222,3 +222,47 @@ def test_mismatched_shapes_name_the_field():
         PreferenceInputs(torch.zeros(3), torch.zeros(3), torch.ones(3), torch.ones(2))
     with pytest.raises(ValueError, match="both ref_chosen_logps and ref_rejected_logps"):
         PreferenceInputs(torch.zeros(3), torch.zeros(3), torch.ones(3), torch.ones(3), ref_chosen_logps=torch.zeros(3))
+
+
+# --- the command line's loss options come from the losses (issue 14) ----------------------------------------------
+
+
+def test_command_line_loss_options_are_exactly_the_registered_losses_options():
+    """``amapo.loss_options`` reads the losses' sources without torch; what it reads must be what the registry
+    builds: every option of every registered method, with the type of its default."""
+    from amapo.loss_options import scan_loss_options
+    from amapo.losses import available_losses, loss_spec
+    from amapo.train.options import LOSS_OPTIONS
+
+    scanned = scan_loss_options()
+    registered: dict[str, type] = {}
+    for name in available_losses():
+        for option, default in loss_spec(name).defaults().items():
+            registered.setdefault(option, type(default))
+    assert set(scanned) == set(registered) == set(LOSS_OPTIONS)
+    assert {n: o.type for n, o in scanned.items()} == registered
+    assert all(o.help for o in scanned.values())
+
+
+def test_a_new_loss_file_brings_its_option_to_the_command_line(tmp_path):
+    from amapo.loss_options import scan_loss_options
+
+    (tmp_path / "tau.py").write_text(
+        "from typing import ClassVar\n"
+        "@register_loss('taupo', 'a loss with a temperature')\n"
+        "class TauLoss(PreferenceLoss):\n"
+        "    OPTION_HELP: ClassVar[dict[str, str]] = {'tau': 'Temperature of TauPO.'}\n"
+        "    def __init__(self, beta: float = 1.0, tau: float = 0.5, gather=None) -> None:\n"
+        "        super().__init__(beta, 0.0, 0.0, gather)\n"
+    )
+    (tmp_path / "base.py").write_text(
+        "class PreferenceLoss:\n    OPTION_HELP: ClassVar[dict[str, str]] = {'beta': 'Reward scale beta.'}\n"
+    )
+    options = scan_loss_options(tmp_path)
+    assert list(options) == ["beta", "tau"] and options["tau"].type is float
+    assert options["tau"].help == "Temperature of TauPO."
+    (tmp_path / "tau.py").write_text(
+        (tmp_path / "tau.py").read_text().replace("{'tau': 'Temperature of TauPO.'}", "{}")
+    )
+    with pytest.raises(TypeError, match="tau have no OPTION_HELP"):
+        scan_loss_options(tmp_path)

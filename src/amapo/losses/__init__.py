@@ -6,13 +6,18 @@ out = loss_fn(PreferenceInputs(chosen_logps, rejected_logps, chosen_lengths, rej
 out.loss.backward()
 """
 
-from amapo.losses import amapo as _amapo  # noqa: F401  (registers the AMaPO family)
-from amapo.losses import methods as _methods  # noqa: F401  (registers the baselines)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from amapo.losses.amapo import AMaPOLoss, AMaPOReleasedLoss, capped_exp_margin
 from amapo.losses.base import LossOutput, Margin, PreferenceInputs, PreferenceLoss
 from amapo.losses.methods import AlphaDPOLoss, CPOLoss, DPOLoss, FocalPOLoss, IPOLoss, ODPOLoss, SimPOLoss
 from amapo.losses.registry import LossSpec, available_losses, build_loss, loss_spec, register_loss
 from amapo.losses.stats import BatchStats, PoolGather, StepStatistics, all_gather_detached, batch_stats
+
+# Every module of this package registers its losses on import: a new loss (and its options) is one new file.
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "AMaPOLoss",

@@ -36,6 +36,8 @@ Choices where the paper is open, shared by both forms:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from amapo.losses.base import Margin, PreferenceInputs, PreferenceLoss, mean_logps
@@ -76,6 +78,12 @@ class AMaPOLoss(PreferenceLoss):
     every pair, so pairs ranked right keep a margin of at least beta. Default beta = 2.0 (the paper's
     recommended ~2; its released configs use 2.0 for Mistral and 3.0 for Llama-3).
     """
+
+    OPTION_HELP: ClassVar[dict[str, str]] = {
+        "znorm": "AMaPO: Z-normalize the margin (ablation: false).",
+        "exp_scaling": "AMaPO: exponential scaling (ablation: false).",
+        "zero_margin": "AMaPO: zero margin for pairs ranked right.",
+    }
 
     length_normalized = True
     margin_from_pool_statistics = True

@@ -185,6 +185,13 @@ class PreferenceLoss(nn.Module):
         gather: which batch adaptive statistics are taken over (see ``amapo.losses.stats``).
     """
 
+    # What each option of ``amapo train`` means (``amapo.loss_options``); a subclass adds its own.
+    OPTION_HELP: ClassVar[dict[str, str]] = {
+        "beta": "Reward scale beta (default: the method's).",
+        "label_smoothing": "cDPO label smoothing (sigmoid links).",
+        "nll_weight": "Weight of the NLL term on chosen (CPO).",
+    }
+
     needs_reference: ClassVar[bool] = False
     needs_offsets: ClassVar[bool] = False
     length_normalized: ClassVar[bool] = False

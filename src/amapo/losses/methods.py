@@ -6,6 +6,8 @@ choice is stated in the docstring and tested.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -81,6 +83,10 @@ class SimPOLoss(PreferenceLoss):
     ``simpo_gamma`` = beta * gamma_beta_ratio. Defaults: beta 2.0, gamma/beta 0.5 (SimPO's Llama-3-Base setting).
     """
 
+    OPTION_HELP: ClassVar[dict[str, str]] = {
+        "gamma_beta_ratio": "SimPO / alpha-DPO target margin / beta.",
+    }
+
     length_normalized = True
 
     def __init__(
@@ -106,6 +112,11 @@ class ODPOLoss(PreferenceLoss):
     score difference s_w - s_l); f = log (paper default, needs offset > 0) or identity.
     A non-positive offset under f = log is an error naming the pair, never a silent NaN.
     """
+
+    OPTION_HELP: ClassVar[dict[str, str]] = {
+        "alpha": "ODPO offset scale / alpha-DPO alpha.",
+        "offset_transform": "ODPO offset transform: log or identity.",
+    }
 
     needs_reference = True
     needs_offsets = True
@@ -149,6 +160,10 @@ class FocalPOLoss(PreferenceLoss):
     confirm against the paper's appendix; set it explicitly when reproducing FocalPO's numbers.
     """
 
+    OPTION_HELP: ClassVar[dict[str, str]] = {
+        "focal_gamma": "FocalPO exponent.",
+    }
+
     needs_reference = True
 
     def __init__(
@@ -180,6 +195,10 @@ class AlphaDPOLoss(PreferenceLoss):
     sigma_t = 0 (first step of a one-pair batch) gives a normalized term of 0 instead of a division by 0.
     Defaults: the Llama-3-8B-Instruct config (beta 2.5, gamma/beta 0.6, alpha 0.2, momentum 0.9).
     """
+
+    OPTION_HELP: ClassVar[dict[str, str]] = {
+        "momentum": "alpha-DPO running-statistics momentum.",
+    }
 
     needs_reference = True
     length_normalized = True

@@ -9,29 +9,20 @@ DeepSpeed, ...) on top.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import TYPE_CHECKING, Any
 
 from amapo.errors import UserError
+from amapo.loss_options import scan_loss_options
 from amapo.options_json import parse_json_mapping
 
 if TYPE_CHECKING:
     from amapo.losses.base import PreferenceLoss
 
-# Loss options exposed as top-level flags; None means "the method's own default" (see ``amapo.losses``).
-LOSS_OPTIONS = (
-    "beta",
-    "gamma_beta_ratio",
-    "label_smoothing",
-    "nll_weight",
-    "alpha",
-    "focal_gamma",
-    "momentum",
-    "offset_transform",
-    "znorm",
-    "exp_scaling",
-    "zero_margin",
-)
+# Loss options exposed as top-level flags, read from the registered losses (``amapo.loss_options``); None means
+# "the method's own default" (see ``amapo.losses``).
+LOSS_OPTION_FIELDS = scan_loss_options()
+LOSS_OPTIONS = tuple(LOSS_OPTION_FIELDS)
 MARGIN_STATS = ("micro_batch", "all_ranks", "optimizer_step")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -89,7 +80,7 @@ def check_number(name: str, value: Any) -> None:
 
 
 @dataclass
-class TrainOptions:
+class TrainOptionsBase:
     """amapo's options of ``amapo train`` (model, data, loss, reliability) and the ``TrainingArguments``
     defaults that differ for preference training. ``check()`` validates them without importing torch."""
 
@@ -215,17 +206,6 @@ class TrainOptions:
         default="amapo",
         metadata={"help": "Loss: amapo, amapo-released, simpo, dpo, ... (see `amapo.losses.available_losses()`)."},
     )
-    beta: float | None = field(default=None, metadata={"help": "Reward scale beta (default: the method's)."})
-    gamma_beta_ratio: float | None = field(default=None, metadata={"help": "SimPO / alpha-DPO target margin / beta."})
-    label_smoothing: float | None = field(default=None, metadata={"help": "cDPO label smoothing (sigmoid links)."})
-    nll_weight: float | None = field(default=None, metadata={"help": "Weight of the NLL term on chosen (CPO)."})
-    alpha: float | None = field(default=None, metadata={"help": "ODPO offset scale / alpha-DPO alpha."})
-    focal_gamma: float | None = field(default=None, metadata={"help": "FocalPO exponent."})
-    momentum: float | None = field(default=None, metadata={"help": "alpha-DPO running-statistics momentum."})
-    offset_transform: str | None = field(default=None, metadata={"help": "ODPO offset transform: log or identity."})
-    znorm: bool | None = field(default=None, metadata={"help": "AMaPO: Z-normalize the margin (ablation: false)."})
-    exp_scaling: bool | None = field(default=None, metadata={"help": "AMaPO: exponential scaling (ablation: false)."})
-    zero_margin: bool | None = field(default=None, metadata={"help": "AMaPO: zero margin for pairs ranked right."})
     margin_stats: str | None = field(
         default=None,
         metadata={
@@ -380,3 +360,15 @@ class TrainOptions:
         from amapo.losses import loss_spec
 
         return {**loss_spec(self.method).defaults(), **self.loss_options()}
+
+
+# ``TrainOptionsBase`` plus one ``--option`` per loss option, typed and documented by the losses themselves.
+TrainOptions = make_dataclass(
+    "TrainOptions",
+    [
+        (option.name, option.type | None, field(default=None, metadata={"help": option.help}))
+        for option in LOSS_OPTION_FIELDS.values()
+    ],
+    bases=(TrainOptionsBase,),
+    namespace={"__doc__": TrainOptionsBase.__doc__, "__module__": __name__},
+)

@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import signal
+import types
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ class NonFiniteGuard:
         """Route ``optimizer.step`` through the check; ``step_number()`` gives the step being taken."""
         original_step = optimizer.step
 
-        def guarded_step(*args, **kwargs):
+        def guarded_step(_optimizer, *args, **kwargs):
             # every rank must agree to step or to skip: a sharded optimizer sees only its rank's gradients
             finite = true_on_every_rank(not self._nonfinite_loss and gradients_are_finite(optimizer))
             rows, self._rows, self._nonfinite_loss = self._rows, [], False
@@ -66,7 +67,8 @@ class NonFiniteGuard:
             self.record(step_number(), rows)
             return None
 
-        optimizer.step = guarded_step
+        # a bound method, as torch's LR schedulers expect when they wrap ``step`` (they re-bind its ``__func__``)
+        optimizer.step = types.MethodType(guarded_step, optimizer)
 
     def skipped_by_engine(self, step: int) -> None:
         """The engine (DeepSpeed) found the step's gradients non-finite and skipped it before the optimizer, and so

@@ -91,8 +91,8 @@ class PreferenceTrainer(Trainer):
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": MetricStore(), "eval": MetricStore()}
 
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
+    def create_optimizer(self, *args, **kwargs):  # transformers 5.0 takes no argument, 5.24 the model
+        optimizer = super().create_optimizer(*args, **kwargs)
         if self.nonfinite_guard is not None:
             self.nonfinite_guard.wrap(optimizer, step_number=lambda: self.state.global_step + 1)
         return optimizer
