@@ -1,5 +1,6 @@
-"""``... tests/nan_on_long_answers.py train ...``: ``amapo`` whose SimPO loss is NaN in training for any batch holding a
-chosen answer longer than 20 tokens (as ``test_reliability.nan_on_long_answers``), for runs in a launched process."""
+"""SimPO whose loss is NaN in training for any batch holding a chosen answer longer than 20 tokens: the trigger of
+the non-finite-step tests. ``test_reliability`` patches it in; run as a program (``... tests/nan_on_long_answers.py
+train ...``) it patches it in and runs ``amapo``, for runs in a launched process."""
 
 import dataclasses
 import sys
@@ -16,8 +17,8 @@ def failing_forward(self, inputs):
     return out
 
 
-SimPOLoss.forward = failing_forward
+if __name__ == "__main__":
+    from amapo.cli import main
 
-from amapo.cli import main  # noqa: E402
-
-sys.exit(main())
+    SimPOLoss.forward = failing_forward
+    sys.exit(main())
