@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu_check.sh OUT          # on the GPU machine; every result lands in OUT (6 files)
 #   GPU_CHECK_SIZE=toy bash benchmarks/gpu_check.sh OUT   # the same steps at toy size, on a CPU too (the tests)
 #
-# 1. installs what the machine lacks (deepspeed, liger-kernel, trl, datasets; flash-attn only as a ready wheel,
-#    never compiled): from ./.whl when it is there (a machine without internet: make it with
+# 1. installs what the machine lacks (deepspeed, liger-kernel, trl, datasets, transformers >= 5.23; flash-attn only
+#    as a ready wheel, never compiled): from ./.whl when it is there (a machine without internet: make it with
 #    benchmarks/gpu_wheels.sh and carry it), else from the package index. Skipped where no GPU is present.
 # 2.-5. benchmarks/gpu_check.py: preference_step.py in bf16 at Llama-3 size, amapo train plainly / ZeRO-3 / FSDP2,
 #    packed vs padded, the tables in OUT/gpu_check.md (its docstring says exactly what runs).
@@ -21,6 +21,9 @@ missing=()
 for pair in deepspeed:deepspeed liger_kernel:liger-kernel trl:trl datasets:datasets; do
   "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
 done
+# amapo needs transformers >= 5.23 (amapo.hf_internals.TESTED_TRANSFORMERS); the H200 image had 5.17
+"$PY" -c "import sys, transformers as t; sys.exit(tuple(map(int, t.__version__.split('.')[:2])) < (5, 23))" \
+  2>/dev/null || missing+=("transformers==5.24.*")
 if [ "${#missing[@]}" -gt 0 ] && command -v nvidia-smi >/dev/null; then
   echo "[gpu_check] installing: ${missing[*]}" | tee -a "$OUT/gpu_check.log"
   if [ -d .whl ]; then  # offline: every wheel carried, dependencies included; deepspeed builds from its sdist

@@ -8,6 +8,6 @@ mkdir -p .whl
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
            --platform any)
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLATFORMS[@]}" -d .whl \
-  "trl==1.16.*" "datasets>=4.0" "dill" "multiprocess" "liger-kernel" "hjson"
+  "trl==1.16.*" "datasets>=4.0" "dill" "multiprocess" "liger-kernel" "hjson" "transformers==5.24.*"
 pip download -q --no-deps --no-binary=deepspeed -d .whl "deepspeed==0.19.*"
 ls -la .whl

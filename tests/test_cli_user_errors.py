@@ -140,7 +140,7 @@ def test_help_imports_neither_torch_nor_training_arguments():
     )
     assert done.returncode == 0, done.stderr
     assert "--model_name_or_path" in done.stdout and "--help-all" in done.stdout
-    # transformers 5.0's own HfArgumentParser imports torch (5.24's does not): then only TrainingArguments counts
+    # if transformers' own HfArgumentParser imports torch (5.0's did), only TrainingArguments counts
     parser_alone = python("import sys\nfrom transformers import HfArgumentParser\nprint('torch' in sys.modules)")
     allowed = "['torch']" if parser_alone.stdout.strip() == "True" else "[]"
     assert done.stdout.strip().splitlines()[-1] == allowed
@@ -235,24 +235,3 @@ def test_transformers_internals_amapo_relies_on_are_checked():
     del Renamed._save_checkpoint
     with pytest.raises(RuntimeError, match=r"get_batch_samples is \(iterator, count, device\)"):
         check_trainer_hooks(Renamed)
-
-
-def test_renamed_training_arguments_reach_an_older_transformers_under_their_old_names(monkeypatch):
-    """transformers 5.23 renamed gradient_checkpointing to activation_checkpointing: recipes use the new name, and
-    a release that knows only the old one gets the old one, from a recipe and from the command line alike."""
-    import amapo.hf_internals as internals
-
-    old = {"gradient_checkpointing", "gradient_checkpointing_kwargs", "learning_rate"}
-    monkeypatch.setattr(internals, "training_argument_names", lambda: old)
-    defaults, argv = internals.with_installed_names(
-        {"activation_checkpointing": True, "learning_rate": 1e-6},
-        ["--activation_checkpointing_kwargs={}", "--no_activation_checkpointing", "--learning_rate", "2e-6"],
-    )
-    assert defaults == {"gradient_checkpointing": True, "learning_rate": 1e-6}
-    assert argv == ["--gradient_checkpointing_kwargs={}", "--no_gradient_checkpointing", "--learning_rate", "2e-6"]
-    new = old | {"activation_checkpointing", "activation_checkpointing_kwargs"}
-    monkeypatch.setattr(internals, "training_argument_names", lambda: new)
-    assert internals.with_installed_names({"activation_checkpointing": True}, []) == (
-        {"activation_checkpointing": True},
-        [],
-    )

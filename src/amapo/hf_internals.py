@@ -12,9 +12,9 @@ transformers' documented API does not cover everything a preference trainer need
 * ``ProgressCallback.training_bar``: the tqdm bar the live progress callback writes its postfix to (``progress_bar``).
 * the source file of ``TrainingArguments``, read with ``ast`` for its option names (``training_argument_names``):
   importing it takes seconds, and a misspelt option should be an error within one.
-* ``Trainer.create_optimizer``: overridden with its arguments passed through (5.0 takes none, 5.24 a model).
-* ``TrainingArguments`` option names renamed within the tested range (``RENAMED_TRAINING_ARGUMENTS``): recipes and
-  command lines use the new names, translated to the old ones where the installed release has only those.
+* ``Trainer.create_optimizer``: overridden with its arguments passed through (its parameters changed in 5.x).
+* ``TrainingArguments``' ``activation_checkpointing`` (the recipes' name; 5.23 renamed ``gradient_checkpointing``)
+  and ``train_sampling_strategy`` (5.0 had only ``group_by_length``): why the oldest tested release is 5.23.
 * ``transformers.trainer_utils.PREFIX_CHECKPOINT_DIR``, copied as ``CHECKPOINT_PREFIX`` for the same reason.
 * the patched forward (``amapo.model.logps``) uses ``model.base_model(...).last_hidden_state``,
   ``get_output_embeddings()`` and ``config.get_text_config()``; it checks its own numbers on the first batch.
@@ -29,7 +29,7 @@ import importlib.util
 import inspect
 from pathlib import Path
 
-TESTED_TRANSFORMERS = ("5.0.0", "5.24.0")  # the oldest and the newest release the suite runs on in CI
+TESTED_TRANSFORMERS = ("5.23.0", "5.24.0")  # the oldest and the newest release the suite runs on in CI
 CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 TRAINER_HOOKS = {  # method -> its parameters after self, as amapo calls or overrides it
     "_save_checkpoint": ("model", "trial"),
@@ -41,31 +41,6 @@ TRAINER_HOOKS = {  # method -> its parameters after self, as amapo calls or over
     "evaluation_loop": ("dataloader", "description", "prediction_loss_only", "ignore_keys", "metric_key_prefix"),
     "log": ("logs", "start_time"),
 }
-
-
-# new name -> old name; transformers 5.23 renamed gradient_checkpointing (the old names stay, deprecated, until v6)
-RENAMED_TRAINING_ARGUMENTS = {
-    "activation_checkpointing": "gradient_checkpointing",
-    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
-}
-
-
-def with_installed_names(defaults: dict, argv: list[str]) -> tuple[dict, list[str]]:
-    """``defaults`` (a recipe) and ``argv`` with each new ``TrainingArguments`` name that the installed release does
-    not know replaced by its old name (``--activation_checkpointing true`` -> ``--gradient_checkpointing true``)."""
-    names = training_argument_names() or set()
-    rename = {new: old for new, old in RENAMED_TRAINING_ARGUMENTS.items() if new not in names and old in names}
-    if not rename:
-        return defaults, argv
-
-    def flag(arg: str) -> str:
-        name, sep, value = arg.partition("=")
-        for prefix in ("--no_", "--"):
-            if name.startswith(prefix) and name[len(prefix) :] in rename:
-                return prefix + rename[name[len(prefix) :]] + sep + value
-        return arg
-
-    return {rename.get(k, k): v for k, v in defaults.items()}, [flag(arg) for arg in argv]
 
 
 def check_trainer_hooks(trainer_class) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from amapo.errors import UserError
-from amapo.hf_internals import training_argument_names, with_installed_names
+from amapo.hf_internals import training_argument_names
 from amapo.recipes import available_recipes, recipe_path
 from amapo.train.options import TrainOptions
 
@@ -189,7 +189,6 @@ def parse_train_args(argv: list[str], preflight: Callable[[TrainOptions], None] 
     ``preflight`` runs between them, on amapo's options (the CLI checks files and dataset rows there).
     """
     defaults, source = recipe_defaults(argv)
-    defaults, argv = with_installed_names(defaults, argv)
     if "--help-all" not in argv:
         options = parse_train_options(argv, defaults, source)
         if preflight is not None:
