@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def test_gpu_check_runs_at_toy_size_and_the_engines_agree(tmp_path):
     pytest.importorskip("trl")
     out = tmp_path / "out"
     env = {**os.environ, "GPU_CHECK_SIZE": "toy", "GPU_CHECK_FSDP_PROGRAM": str(REPO / "tests" / "fsdp_on_cpu.py"),
-           "PYTHON": os.environ.get("PYTHON", "python"), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
            "TMPDIR": str(tmp_path)}  # fmt: skip
     result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)], env=env,
                             capture_output=True, text=True, timeout=900)  # fmt: skip
