@@ -236,24 +236,25 @@ def markdown(report: dict, benchmark_md: Path) -> str:
         lines += ["## Throughput and memory (benchmarks/preference_step.py)", "", benchmark_md.read_text(), ""]
     engines = report["steps"].get("engines")
     if engines:
-        lines += [f"## Sharded engines: amapo train, {STEPS} steps, fp32, {engines['processes']} process(es)", "",
-                  "| run | ok | seconds | step losses | max loss diff vs plain | max weight diff vs plain |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for name, run in engines["runs"].items():
-            losses = " ".join(f"{x:.6f}" for x in run.get("losses", []))
-            lines.append(f"| {name} | {run['ok']} | {run['seconds']} | {losses} | {fmt(run.get('max_loss_diff'))} | "
-                         f"{fmt(run.get('max_weight_diff'))} |")  # fmt: skip
-        lines.append("")
+        title = f"## Sharded engines: amapo train, {STEPS} steps, fp32, {engines['processes']} process(es)"
+        lines += comparison_table(title, "run", "seconds", "plain", engines["runs"], lambda run: run["seconds"])
     layouts = report["steps"].get("layouts")
     if layouts:
-        lines += [f"## Layouts: packed vs padded, attention {layouts['attention']}", "",
-                  "| layout | ok | samples/s | step losses | max loss diff vs padded | max weight diff vs padded |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for name, run in layouts["runs"].items():
-            losses = " ".join(f"{x:.6f}" for x in run.get("losses", []))
-            lines.append(f"| {name} | {run['ok']} | {fmt(run.get('train_samples_per_second'))} | {losses} | "
-                         f"{fmt(run.get('max_loss_diff'))} | {fmt(run.get('max_weight_diff'))} |")  # fmt: skip
+        title = f"## Layouts: packed vs padded, attention {layouts['attention']}"
+        speed = lambda run: fmt(run.get("train_samples_per_second"))  # noqa: E731
+        lines += comparison_table(title, "layout", "samples/s", "padded", layouts["runs"], speed)
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(title: str, kind: str, measure: str, reference: str, runs: dict, value) -> list[str]:
+    """One row per run: ok, ``value(run)`` under ``measure``, step losses, and differences from ``reference``."""
+    lines = [title, "", f"| {kind} | ok | {measure} | step losses | max loss diff vs {reference} | "
+             f"max weight diff vs {reference} |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, run in runs.items():
+        losses = " ".join(f"{x:.6f}" for x in run.get("losses", []))
+        lines.append(f"| {name} | {run['ok']} | {value(run)} | {losses} | {fmt(run.get('max_loss_diff'))} | "
+                     f"{fmt(run.get('max_weight_diff'))} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def fmt(value) -> str:
