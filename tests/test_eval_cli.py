@@ -157,7 +157,7 @@ def test_a_bad_third_set_stops_eval_before_any_scoring(
         (["--truncation_mode", "middle"], "--truncation_mode must be one of keep_end, keep_start"),
         (["--column_mapping", "{chosen"], "--column_mapping must be a JSON object such as"),
         (["--method", "dpoo"], "--method: unknown loss 'dpoo'; available: "),
-        (["--datasets", "pairs.jsonl"], "--datasets entries must be NAME=SOURCE[@SPLIT], e.g. "),
+        (["--datasets", "pairs.jsonl"], "--datasets entries must be NAME=SOURCE[@SPLIT] (e.g. "),
         (["--datasets", *SETS, "a=builtin:reverse"], "--datasets names the set 'a' twice"),
         (["--ref_model_name_or_path", "./no/such/base"], "--ref_model_name_or_path: no such file or folder"),
     ],

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from benchmark_rows import rm_bench_rows, scored_rows
 from datasets import Dataset
 
 from amapo.builtin.tokenizer import build_byte_tokenizer
@@ -151,9 +152,15 @@ def test_amapo_analyze_end_to_end(trained_model, tmp_path):
 
 def test_amapo_compare_writes_the_report(tmp_path):
     out = tmp_path / "report"
+    bench, ood = tmp_path / "rmb.json", tmp_path / "ood.jsonl"
+    bench.write_text(json.dumps(rm_bench_rows(10)))
+    ood.write_text("".join(json.dumps(row) + "\n" for row in scored_rows()))
     main(
         [
             "compare",
+            "--eval_datasets",
+            f"rmb={bench}",
+            f"response_ood=scored-responses:{ood}",
             "--methods",
             "simpo",
             "amapo",
@@ -181,6 +188,22 @@ def test_amapo_compare_writes_the_report(tmp_path):
     amapo_id = [r["accuracy"]["in_distribution"] for r in runs if r["method"] == "amapo"]
     mean, spread = np.mean(amapo_id), np.std(amapo_id, ddof=1)
     assert f"| amapo | {mean:.3f} ± {spread:.3f}" in report  # the table holds the runs' numbers
+    # the benchmark sets: their own tables, and the paper's RM-Bench and OOD numbers beside ours
+    assert "## Benchmark sets" in report and "### rmb" in report and "### response_ood" in report
+    hard = [r["benchmarks"]["rmb"]["rm_bench/hard"] for r in runs if r["method"] == "amapo"]
+    rmb_table = report[report.index("### rmb") : report.index("### response_ood")].splitlines()
+    amapo_row = next(line for line in rmb_table if line.startswith("| amapo |"))
+    cells = [cell.strip() for cell in amapo_row.strip("|").split("|")]  # method, accuracy, easy, normal, hard
+    assert cells[4] == f"{np.mean(hard):.3f} ± {np.std(hard, ddof=1):.3f}"
+    simpo_avg = [100 * r["benchmarks"]["rmb"]["accuracy"] for r in runs if r["method"] == "simpo"]
+    assert (
+        "- RM-Bench average: paper (Llama-3-8B-Base) amapo 58.6, simpo 56.9, dpo 54.6; here (`--eval_datasets` set "
+        "`rmb`) amapo" in report
+    )
+    assert f"simpo {np.mean(simpo_avg):.1f} ± {np.std(simpo_avg, ddof=1):.1f}" in report
+    assert "- response-OOD accuracy: paper (Mistral-7B-Base) amapo 83.62, simpo 76.08, dpo 68.41; here " in report
+    assert "(`--eval_datasets` set `response_ood`)" in report  # the real set, not the recipe's synthetic one
+    assert "ours come from the models we could train here (recipe `builtin`)" in report
     for figure in ("accuracy_over_steps.png", "gradient_weights.png"):
         assert (out / figure).stat().st_size > 1000
 

@@ -4,6 +4,7 @@
     amapo eval     --model_name_or_path M [--datasets NAME=SOURCE[@SPLIT] ...]   ranking accuracy, generations
     amapo analyze  --model_name_or_path M --dataset SOURCE   gradient dynamics of several methods
     amapo compare  [--methods ...] [--seeds ...] [--beta_sweep ...]   the paper's comparison as a report
+    amapo generate --model_name_or_path M --questions FILE   answers for AlpacaEval 2, Arena-Hard or MT-Bench
 
 Each command prints every option with its default under --help. A mistake of yours (an option, a file, a row) is
 one line, `amapo <command>: error: ...`, with exit status 2; AMAPO_DEBUG=1 shows its traceback too.
@@ -17,7 +18,7 @@ import traceback
 
 from amapo.errors import UserError
 
-COMMANDS = ("train", "eval", "analyze", "compare")
+COMMANDS = ("train", "eval", "analyze", "compare", "generate")
 
 
 def parse_dataclass(cls, argv: list[str], prog: str, description: str):
@@ -87,6 +88,13 @@ def run_command(argv: list[str]) -> int:
         from amapo.evaluation.analysis import AnalyzeConfig, run_analysis
 
         run_analysis(parse_dataclass(AnalyzeConfig, rest, "amapo analyze", "Where each method's gradient goes."))
+    elif command == "generate":
+        from amapo.generation.run import GenerateConfig, run_generate
+
+        description = (
+            "Answers to AlpacaEval 2, Arena-Hard or MT-Bench questions, in the file each benchmark's judge reads."
+        )
+        run_generate(parse_dataclass(GenerateConfig, rest, "amapo generate", description))
     else:
         from amapo.compare.run import CompareConfig, run_compare
 

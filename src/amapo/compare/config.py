@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_method, check_number
+from amapo.evaluation.sets import check_named_sets
 
 DEFAULT_METHODS = [
     "dpo",
@@ -36,6 +37,14 @@ class CompareConfig:
     )
     max_generations: int = field(default=128, metadata={"help": "Prompts answered per set and run."})
     max_new_tokens: int = field(default=16, metadata={"help": "Tokens per answer."})
+    eval_datasets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "More sets to score every trained model on, as `amapo eval --datasets` takes them: NAME=SOURCE"
+            "[@SPLIT] (pairs, RM-Bench or scored-response sets), or the shorthands rm-bench and rm-robustness. "
+            "Reported in their own table and beside the paper's numbers; loaded before the first run trains."
+        },
+    )
 
     def __post_init__(self) -> None:
         """Every option that can be checked alone, as a ``UserError`` naming it (``check_compare`` checks the runs)."""
@@ -58,6 +67,7 @@ class CompareConfig:
             raise UserError(f"--max_steps must be -1 (the recipe's budget) or >= 1, got {self.max_steps}")
         for option in ("eval_steps", "max_generations", "max_new_tokens"):
             check_number(option, getattr(self, option), ">= 1")
+        check_named_sets("eval_datasets", self.eval_datasets)
 
 
 @dataclass
@@ -73,3 +83,4 @@ class RunResult:
     gradient: dict[str, float]  # indicators on the analysis set, with the run's own method
     generation: dict[str, float]
     curve: dict[str, list[list[float]]]  # eval set -> [[step, accuracy], ...]
+    benchmarks: dict[str, dict[str, float]] = field(default_factory=dict)  # --eval_datasets set -> its numbers

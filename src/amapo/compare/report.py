@@ -15,6 +15,19 @@ from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights, 
 SETS = ("in_distribution", "prompt_ood", "response_ood", "mutual_ood")
 REPORT_FILE = "report.md"
 
+# The paper's ranking numbers (AMaPO, AAAI 2026: main results; ../shared/paper/AMaPO-summary.md), in percent, written
+# with the paper's decimals: (what, setting, (set, metric), decimals, {method: value}).
+PAPER_NUMBERS = (
+    ("RM-Bench average", "Llama-3-8B-Base", ("rm_bench", "accuracy"), 1, {"amapo": 58.6, "simpo": 56.9, "dpo": 54.6}),
+    ("RM-Bench hard", "Llama-3-8B-Base", ("rm_bench", "rm_bench/hard"), 1, {"amapo": 25.4, "simpo": 23.3, "dpo": 15.0}),
+    ("response-OOD accuracy", "Mistral-7B-Base", ("response_ood", "accuracy"), 2,
+     {"amapo": 83.62, "simpo": 76.08, "dpo": 68.41}),
+    ("mutual-OOD accuracy", "Mistral-7B-Instruct", ("mutual_ood", "accuracy"), 2,
+     {"amapo": 90.91, "simpo": 85.64, "dpo": 72.89}),
+)  # fmt: skip
+BENCHMARK_COLUMNS = ("accuracy", "rm_bench/easy", "rm_bench/normal", "rm_bench/hard", "accuracy/all_pairs",
+                     "kendall_tau")  # fmt: skip
+
 
 def tag_of(run: RunResult) -> str:
     return run.method if run.beta is None else f"{run.method}-beta{run.beta:g}"
@@ -195,6 +208,62 @@ def generation_table(groups: dict[str, list[RunResult]], keys: list[str]) -> lis
     return lines
 
 
+def benchmark_values(runs: list[RunResult], name: str, key: str) -> list[float]:
+    return [r.benchmarks[name][key] for r in runs if key in r.benchmarks.get(name, {})]
+
+
+def benchmark_tables(groups: dict[str, list[RunResult]], names: list[str]) -> list[str]:
+    """One table per ``--eval_datasets`` set: each method's numbers on it (mean ± spread over seeds)."""
+    lines = []
+    for name in names:
+        runs = [r for group in groups.values() for r in group]
+        keys = [k for k in BENCHMARK_COLUMNS if benchmark_values(runs, name, k)]
+        lines += [f"### {name}", "", "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for tag, group in groups.items():
+            lines.append(f"| {tag} | " + " | ".join(fmt(benchmark_values(group, name, k)) for k in keys) + " |")
+        lines.append("")
+    return lines
+
+
+def paper_number_lines(config: CompareConfig, groups: dict[str, list[RunResult]]) -> list[str]:
+    """The paper's RM-Bench and OOD numbers beside ours, for each of them this comparison measured: RM-Bench from an
+    ``--eval_datasets`` set in its format, OOD from the ``--eval_datasets`` set of that name, else the recipe's."""
+    runs = [r for group in groups.values() for r in group]
+    rm_bench_sets = sorted({n for r in runs for n, m in r.benchmarks.items() if "rm_bench/hard" in m})
+    lines = []
+    for what, setting, (where, key), decimals, paper in PAPER_NUMBERS:
+        if where == "rm_bench":
+            if not rm_bench_sets:
+                continue
+            name, read, source = rm_bench_sets[0], benchmark_values, f"`--eval_datasets` set `{rm_bench_sets[0]}`"
+        elif any(where in r.benchmarks for r in runs):
+            name, read, source = where, benchmark_values, f"`--eval_datasets` set `{where}`"
+        elif any(where in r.accuracy for r in runs):
+            name, source = where, f"the recipe's set `{where}`"
+            read = lambda group, set_name, _key: column(group, "accuracy", set_name)  # noqa: E731
+        else:
+            continue
+        ours = {m: read(groups[m], name, key) for m in paper if m in groups}
+        ours = {m: v for m, v in ours.items() if v}
+        if not ours:
+            continue
+        theirs = ", ".join(f"{m} {v:.{decimals}f}" for m, v in paper.items())
+        here = ", ".join(f"{m} {100 * mean_spread(v)[0]:.1f} ± {100 * mean_spread(v)[1]:.1f}" for m, v in ours.items())
+        order = ""
+        if {"amapo", "simpo"} <= set(ours):
+            (ma, sa), (ms, ss) = mean_spread(ours["amapo"]), mean_spread(ours["simpo"])
+            word = "agrees" if ma > ms else "disagrees"
+            within = ", within the seed spread" if abs(ma - ms) <= max(sa, ss) else ""
+            order = f"; AMaPO above SimPO as in the paper: {word}{within}"
+        lines.append(f"- {what}: paper ({setting}) {theirs}; here ({source}) {here}{order}.")
+    if lines:
+        lines.append(
+            f"- These paper numbers come from 7-8B models trained on UltraFeedback; ours come from the models we could "
+            f"train here (recipe `{config.recipe}`), so only the direction of a difference compares, not its size."
+        )
+    return lines
+
+
 def curves_by_tag(groups: dict[str, list[RunResult]], eval_set: str):
     curves = {}
     for tag, runs in groups.items():
@@ -279,12 +348,17 @@ def write_report(config: CompareConfig, results: list[RunResult], points, output
             *generation_table(groups, generation_keys),
             "",
         ]
+    benchmark_names = list(dict.fromkeys(n for r in results for n in r.benchmarks))
+    if benchmark_names:
+        lines += ["## Benchmark sets (`--eval_datasets`, each method's implicit reward, final model)", ""]
+        lines += benchmark_tables(groups, benchmark_names)
     if config.beta_sweep:
         lines += sweep_section(config, results, output_dir, sets)
     else:
         verdicts = [v for claim in paper_claims() if (v := claim.verdict(groups))]
         lines += ["## Against the paper", ""]
         lines += [f"- {v}" for v in verdicts] or ["- (none of the paper's pairwise claims involve these methods)"]
+        lines += paper_number_lines(config, groups)
         lines.append("")
     figures = []
     curves = curves_by_tag(groups, sets[0]) if sets else {}

@@ -24,8 +24,10 @@ from amapo.data import load_preference_dataset
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.evaluation.analysis import accuracy_curves_from_metrics
-from amapo.evaluation.generation import generate_responses
-from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
+from amapo.evaluation.checks import check_data_path
+from amapo.evaluation.scoring import compute_pair_logps, score_set, score_with_loss
+from amapo.evaluation.sets import LoadedSet, given_sets, load_set, token_limits
+from amapo.model.generate import generate_responses
 from amapo.model.loading import load_model, load_tokenizer
 from amapo.run_files import accuracy_by_set
 from amapo.train.options import LOSS_OPTIONS
@@ -65,9 +67,10 @@ def run_tag(method: str, beta: float | None) -> str:
     return method if beta is None else f"{method}-beta{beta:g}"
 
 
-def check_compare(config: CompareConfig) -> None:
+def check_compare(config: CompareConfig):
     """Before the first run trains: every (method, beta) run's options parse as ``amapo train`` would, the recipe's
-    model and data paths exist, and the analysis and generation sets are eval sets of the recipe."""
+    model and data paths exist, and the analysis and generation sets are eval sets of the recipe. Returns the
+    parsed options of the last run checked (what the runs share: model, data, token limits)."""
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file: give a folder for the report and its runs")
@@ -101,6 +104,25 @@ def check_compare(config: CompareConfig) -> None:
                 f"--{option} {name} is not an eval set of the recipe {config.recipe} (its eval_datasets: "
                 f"{', '.join(sets) or 'none'}): name one of them"
             )
+    for eval_set in given_sets("eval_datasets", config.eval_datasets):
+        check_data_path(eval_set.label, eval_set.source)
+    return train_config
+
+
+def load_benchmark_sets(config: CompareConfig, train_config) -> dict[str, LoadedSet]:
+    """``--eval_datasets`` read, checked and tokenized as the runs' data is (their tokenizer and token limits),
+    before any run trains: a bad row is one line, not a failure after the first training."""
+    if not config.eval_datasets:
+        return {}
+    tokenizer = load_tokenizer(resolve_source(train_config.model_name_or_path))
+    limits = token_limits(
+        {},
+        max_length=train_config.max_length,
+        max_prompt_length=train_config.max_prompt_length,
+        truncation_mode=train_config.truncation_mode,
+        chat_rendering=train_config.chat_rendering,
+    )
+    return {s.name: load_set(s, tokenizer, limits, None) for s in given_sets("eval_datasets", config.eval_datasets)}
 
 
 def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path):
@@ -110,8 +132,11 @@ def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None
     return train_config, run_training(train_config)
 
 
-def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dict, dict, tuple]:
-    """Gradient indicators on the analysis set and generation metrics, from the saved model."""
+def measure_run(
+    config: CompareConfig, train_config, run_dir: Path, benchmark_sets: dict[str, LoadedSet]
+) -> tuple[dict, dict, tuple, dict]:
+    """Gradient indicators on the analysis set, generation metrics and the ``--eval_datasets`` numbers, from the
+    saved model."""
     tokenizer = load_tokenizer(str(run_dir))
     model = load_model(str(run_dir))
     loss_fn = train_config.build_loss()
@@ -126,6 +151,12 @@ def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dic
         model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=batch, ref_model=ref_model
     )
     scores = score_with_loss(logps, loss_fn, batch)
+    benchmarks = {
+        name: score_set(
+            model, loaded, loss_fn, pad_token_id=tokenizer.pad_token_id, batch_size=batch, ref_model=ref_model
+        ).metrics
+        for name, loaded in benchmark_sets.items()
+    }
     generation = {}
     if config.generate:
         for name in config.generation_sets:
@@ -139,13 +170,13 @@ def measure_run(config: CompareConfig, train_config, run_dir: Path) -> tuple[dic
                 generation[f"{name}/true_reward"] = float(
                     np.mean([true_reward(p, a) for p, a in zip(prompts, answers, strict=True)])
                 )
-    return scores.gradient_indicators(), generation, (scores.scores, scores.grad_weights)
+    return scores.gradient_indicators(), generation, (scores.scores, scores.grad_weights), benchmarks
 
 
 def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     """Train and measure every (method, beta, seed), then write the report; returns the report file."""
     console = console or Console()
-    check_compare(config)
+    benchmark_sets = load_benchmark_sets(config, check_compare(config))
     output_dir = Path(config.output_dir)
     betas: list[float | None] = list(config.beta_sweep) or [None]
     results: list[RunResult] = []
@@ -157,7 +188,9 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
                 run_dir = output_dir / "runs" / f"{tag}-seed{seed}"
                 console.print(f"[bold]compare[/bold]: training {tag}, seed {seed}")
                 train_config, trained = run_recipe(config, method, seed, beta, run_dir)
-                gradient, generation, pair_points = measure_run(config, train_config, run_dir)
+                gradient, generation, pair_points, benchmarks = measure_run(
+                    config, train_config, run_dir, benchmark_sets
+                )
                 if seed == config.seeds[0]:
                     points[tag] = pair_points
                 curves = accuracy_curves_from_metrics(run_dir / "metrics.jsonl")
@@ -172,6 +205,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
                         gradient=gradient,
                         generation=generation,
                         curve={k: np.stack(v, axis=1).tolist() for k, v in curves.items()},
+                        benchmarks=benchmarks,
                     )
                 )
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,13 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
     model_path = resolve_source(config.model_name_or_path)
     check_model_positions(model_path, limits["max_length"])
     tokenizer = load_tokenizer(model_path)
-    _, tokenized = load_set(pairs_set, tokenizer, limits, mapping, note, run_role_mapping(trained))
+    loaded = load_set(pairs_set, tokenizer, limits, mapping, note, run_role_mapping(trained))
+    if loaded.pairs is None:  # the gradient of a pair loss needs pairs
+        raise UserError(
+            f"{pairs_set.label}: a {loaded.format} set holds several responses per prompt, not preference pairs; "
+            "`amapo analyze` weighs pairs: score it with `amapo eval --datasets NAME=SOURCE`"
+        )
+    tokenized = loaded.tokenized
 
     model, ref_model = load_models(model_path, ref_source)
     logps = compute_pair_logps(

@@ -20,9 +20,10 @@ from amapo.data.tokenization import check_rendering
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_data_path, check_method, check_model_path, check_number
-from amapo.evaluation.generation import generate_responses, write_alpacaeval
+from amapo.evaluation.generation import write_alpacaeval
 from amapo.evaluation.plots import plot_margin_histograms
-from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_with_loss
+from amapo.evaluation.response_sets import RM_BENCH, RM_BENCH_DOMAINS, RM_BENCH_STYLES, ResponseSet
+from amapo.evaluation.scoring import PairScores, score_set
 from amapo.evaluation.sets import (
     MAPPING_EXAMPLE,
     SET_EXAMPLE,
@@ -36,6 +37,7 @@ from amapo.evaluation.sets import (
     token_limits,
 )
 from amapo.losses import PreferenceLoss, build_loss, loss_spec
+from amapo.model.generate import generate_responses
 from amapo.model.loading import best_device, check_positions, load_model, load_tokenizer
 from amapo.options_json import parse_json_mapping
 from amapo.run_files import CONFIG_FILE
@@ -49,7 +51,10 @@ class EvalConfig:
     datasets: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT' (SOURCE: file, folder, Hub, builtin:). "
+            "help": "Eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT' (SOURCE: file, folder, Hub, builtin:), "
+            "or a shorthand: 'rm-bench' (THU-KEG/RM-Bench), 'rm-robustness' (its four in-distribution and OOD sets). "
+            "The format (pairs, RM-Bench, scored responses) is read from the columns, or named: "
+            "'NAME=rm-bench:SOURCE', 'NAME=scored-responses:SOURCE', 'NAME=pairs:SOURCE'. "
             "Default: the eval sets of the `amapo train` run in model_name_or_path (its eval_split, named 'eval', "
             "and its eval_datasets)."
         },
@@ -212,8 +217,8 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
 
     Everything that can fail on the user's input fails first: options, paths, the method, then every set loaded
     and tokenized (the tokenizer is cheap) before the model loads; the output folder is made only when the results
-    are ready. Writes ``eval_results.json``, ``reward_margins.png`` and, with ``generate``,
-    ``alpacaeval_<set>.json``.
+    are ready. Writes ``eval_results.json``, ``reward_margins.png`` (pairs sets), ``scores_<set>.jsonl`` (each
+    response's reward, sets of several responses per prompt) and, with ``generate``, ``alpacaeval_<set>.json``.
     """
     console = console or Console()
     check_model_path("model_name_or_path", config.model_name_or_path)
@@ -250,30 +255,40 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
     results: dict[str, dict[str, float]] = {}
     margins: dict[str, np.ndarray] = {}
     answers: dict[str, tuple[list[str], list[str]]] = {}
+    per_response: dict[str, np.ndarray] = {}
     for eval_set in sets:
-        pairs, tokenized = data[eval_set.name]
-        logps = compute_pair_logps(
-            model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, ref_model=ref_model
-        )
-        scores = score_with_loss(logps, loss_fn, config.batch_size)
-        results[eval_set.name] = {"pairs": float(len(scores.scores)), **scores.summary()}
-        if {"chosen_reward", "rejected_reward"} <= set(pairs.column_names):
-            results[eval_set.name]["true_reward_accuracy"] = true_reward_accuracy(scores, pairs)
+        loaded = data[eval_set.name]
+        scored = score_set(
+            model, loaded, loss_fn, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
+            ref_model=ref_model,
+        )  # fmt: skip
+        results[eval_set.name] = scored.metrics
+        if scored.pairs is not None:
+            margins[eval_set.name] = scored.pairs.scores
+            if {"chosen_reward", "rejected_reward"} <= set(loaded.pairs.column_names):
+                results[eval_set.name]["true_reward_accuracy"] = true_reward_accuracy(scored.pairs, loaded.pairs)
+        else:
+            per_response[eval_set.name] = scored.responses
         if config.generate:
             metrics, answers[eval_set.name] = generation_metrics(
-                model, tokenizer, pairs, config, is_builtin(eval_set.source)
+                model, tokenizer, loaded.prompts(), config, is_builtin(eval_set.source)
             )
             results[eval_set.name].update(metrics)
-        margins[eval_set.name] = scores.scores
 
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    for name, scores in per_response.items():
+        write_response_scores(output_dir / f"scores_{name}.jsonl", data[name].responses, scores)
     for name, (prompts, outputs) in answers.items():
         write_alpacaeval(
             output_dir / f"alpacaeval_{name}.json", prompts, outputs, Path(config.model_name_or_path).name, name
         )
-    plot_margin_histograms(margins, output_dir / "reward_margins.png")
+    if margins:
+        plot_margin_histograms(margins, output_dir / "reward_margins.png")
     print_eval_table(results, console)
+    for name, loaded in data.items():
+        if loaded.format == RM_BENCH:
+            print_rm_bench_table(name, results[name], console)
     return results
 
 
@@ -284,9 +299,9 @@ def true_reward_accuracy(scores: PairScores, pairs) -> float:
     return float((np.sign(scores.scores[decided]) == truth[decided]).mean()) if decided.any() else float("nan")
 
 
-def generation_metrics(model, tokenizer, pairs, config: EvalConfig, builtin: bool):
+def generation_metrics(model, tokenizer, prompts: list, config: EvalConfig, builtin: bool):
     """(length and, on the built-in task, true reward of sampled answers; (prompts, answers))."""
-    prompts = list(pairs["prompt"][: config.max_generations])
+    prompts = prompts[: config.max_generations]
     answers = generate_responses(
         model,
         tokenizer,
@@ -305,7 +320,40 @@ def generation_metrics(model, tokenizer, pairs, config: EvalConfig, builtin: boo
     return metrics, (prompts, answers)
 
 
+def write_response_scores(path: Path, responses: ResponseSet, scores: np.ndarray) -> None:
+    """Each row's reward per response: for RM-Bench in its own result fields (``score_chosen``, ``score_rejected``,
+    styles in its order), so its ``compute_accuracy`` can re-read them; else beside the gold scores."""
+    with path.open("w") as out:
+        for index, row_scores in enumerate(scores.tolist()):
+            if responses.format == RM_BENCH:
+                row = {"id": responses.ids[index], "domain": responses.domains[index],
+                       "score_chosen": row_scores[:3], "score_rejected": row_scores[3:]}  # fmt: skip
+            else:
+                row = {"row": index, "scores": row_scores, "all_scores": responses.gold[index].tolist()}
+            out.write(json.dumps(row) + "\n")
+
+
 def print_eval_table(results: dict[str, dict[str, float]], console: Console) -> None:
-    columns = ["accuracy", "reward_margin/mean", "gradient/overfitting", "gradient/underfitting",
-               "generation/true_reward", "generation/length"]  # fmt: skip
+    columns = ["accuracy", "accuracy/all_pairs", "kendall_tau", "rm_bench/easy", "rm_bench/normal", "rm_bench/hard",
+               "reward_margin/mean", "gradient/overfitting", "gradient/underfitting", "generation/true_reward",
+               "generation/length"]  # fmt: skip
     print_metric_table("amapo eval", "set", results, columns, console)
+
+
+def print_rm_bench_table(name: str, metrics: dict[str, float], console: Console) -> None:
+    """RM-Bench's own table: per domain and overall, easy / normal / hard and their average."""
+    rows = {}
+    for domain in (*RM_BENCH_DOMAINS, None):
+        prefix = "rm_bench" if domain is None else f"rm_bench/{domain}"
+        if domain is not None and prefix not in metrics:
+            continue
+        average = metrics["accuracy"] if domain is None else metrics[prefix]
+        rows[domain or "overall"] = {**{k: metrics[f"{prefix}/{k}"] for k in ("easy", "normal", "hard")},
+                                     "avg": average}  # fmt: skip
+    print_metric_table(f"RM-Bench: {name}", "domain", rows, ["easy", "normal", "hard", "avg"], console)
+    matrix = {
+        f"chosen {c}": {f"rejected {r}": metrics[f"rm_bench/matrix/{c}_vs_{r}"] for r in RM_BENCH_STYLES}
+        for c in RM_BENCH_STYLES
+    }
+    columns = [f"rejected {r}" for r in RM_BENCH_STYLES]
+    print_metric_table(f"RM-Bench: {name}, style matrix (mean over domains)", "", matrix, columns, console)

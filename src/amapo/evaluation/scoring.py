@@ -23,6 +23,8 @@ import torch
 
 from amapo.data import PreferenceCollator
 from amapo.data.collator import device_batches
+from amapo.evaluation.response_sets import response_scores, response_set_metrics
+from amapo.evaluation.sets import LoadedSet
 from amapo.losses import PreferenceInputs, PreferenceLoss
 from amapo.model.layouts import layout_of_model
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
@@ -138,3 +140,30 @@ def score_with_loss(logps: PreferenceInputs, loss_fn: PreferenceLoss, batch_size
         grad_weights=cat("grad_weights"),
         ranked_correctly=torch.cat([o.ranked_correctly for o in outputs]).numpy(),
     )
+
+
+@dataclass
+class SetScores:
+    """One set scored: its metrics; per pair (pairs sets) or per response ([rows, K], response sets) details."""
+
+    metrics: dict[str, float]
+    pairs: PairScores | None = None
+    responses: np.ndarray | None = None
+
+
+@torch.no_grad()
+def score_set(model, loaded: LoadedSet, loss_fn: PreferenceLoss, *, pad_token_id: int, batch_size: int = 32,
+              ref_model=None) -> SetScores:  # fmt: skip
+    """A loaded set's numbers under ``loss_fn``'s implicit reward: pair accuracy, margins and gradient indicators for
+    pairs; each benchmark's own numbers for sets of several responses per prompt (``evaluation.response_sets``)."""
+    logps = compute_pair_logps(
+        model, loaded.tokenized, pad_token_id=pad_token_id, batch_size=batch_size, ref_model=ref_model
+    )
+    if loaded.responses is None:
+        scores = score_with_loss(logps, loss_fn, batch_size)
+        return SetScores({"pairs": float(len(scores.scores)), **scores.summary()}, pairs=scores)
+    x = logps.at_least_fp32()
+    chosen = loss_fn.response_reward(x.chosen_logps, x.chosen_lengths, x.ref_chosen_logps)
+    rejected = loss_fn.response_reward(x.rejected_logps, x.rejected_lengths, x.ref_rejected_logps)
+    rewards = response_scores(chosen.numpy(), rejected.numpy(), loaded.responses)
+    return SetScores(response_set_metrics(rewards, loaded.responses), responses=rewards)

@@ -5,4 +5,5 @@
 ``layouts``   which batch layout a model computes exactly, and each layout's model inputs
 ``loading``   one way to load a model (safetensors only) and its tokenizer
 ``wrappers``  the transformers model inside DDP / FSDP / DeepSpeed / PEFT wrappers
+``generate``  batched answers with one random stream per prompt (``amapo eval``, ``compare``, ``generate``)
 """
