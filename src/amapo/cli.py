@@ -5,6 +5,8 @@
     amapo analyze  --model_name_or_path M --dataset SOURCE   gradient dynamics of several methods
     amapo compare  [--methods ...] [--seeds ...] [--beta_sweep ...]   the paper's comparison as a report
     amapo generate --model_name_or_path M --questions FILE   answers for AlpacaEval 2, Arena-Hard or MT-Bench
+    amapo make-pairs --model_name_or_path POLICY --prompts SOURCE --reward REWARD --output pairs.jsonl
+                                                            on-policy pairs: K answers per prompt, best vs worst
 
 Each command prints every option with its default under --help. A mistake of yours (an option, a file, a row) is
 one line, `amapo <command>: error: ...`, with exit status 2; AMAPO_DEBUG=1 shows its traceback too.
@@ -18,7 +20,7 @@ import traceback
 
 from amapo.errors import UserError
 
-COMMANDS = ("train", "eval", "analyze", "compare", "generate")
+COMMANDS = ("train", "eval", "analyze", "compare", "generate", "make-pairs")
 
 
 def parse_dataclass(cls, argv: list[str], prog: str, description: str):
@@ -95,6 +97,12 @@ def run_command(argv: list[str]) -> int:
             "Answers to AlpacaEval 2, Arena-Hard or MT-Bench questions, in the file each benchmark's judge reads."
         )
         run_generate(parse_dataclass(GenerateConfig, rest, "amapo generate", description))
+    elif command == "make-pairs":
+        from amapo.onpolicy.run import MakePairsConfig, run_make_pairs
+
+        description = "On-policy preference pairs: answers sampled from a policy, scored by a reward, best vs worst."
+        run_make_pairs(parse_dataclass(MakePairsConfig, rest, "amapo make-pairs", description))
+        close_process_group(wait=True)
     else:
         from amapo.compare.run import CompareConfig, run_compare
 

@@ -15,18 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from amapo.builtin import is_builtin, resolve_source
+from amapo.console import progress_bar
 from amapo.data.chat import is_jinja_text, read_chat_template
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_model_path, check_number
@@ -153,13 +144,6 @@ class GenerateResult:
     settings: Path
     answered: int  # by this run
     skipped: int  # already in the file
-
-
-class RateColumn(ProgressColumn):
-    """Questions answered per second (rich's speed estimate over recent updates)."""
-
-    def render(self, task) -> Text:
-        return Text("- q/s" if task.speed is None else f"{task.speed:.2f} q/s")
 
 
 def say(console: Console, text: str) -> None:
@@ -374,16 +358,7 @@ def answer_all(plan: Plan, config: GenerateConfig, console: Console) -> None:
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_bar(console, "q") as progress:
         task = progress.add_task(f"{schema.title} answers", total=len(plan.todo))
         for start in range(0, len(plan.todo), config.batch_size):
             batch = plan.todo[start : start + config.batch_size]

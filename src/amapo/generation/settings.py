@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from amapo.errors import UserError
-from amapo.generation.answers import write_atomically
+from amapo.files import write_atomically
 from amapo.generation.questions import Question
 
 MT_BENCH_TEMPERATURES = {

@@ -13,6 +13,7 @@ answers the remaining prompts as one uninterrupted run would (up to floating-poi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
@@ -75,21 +76,36 @@ class PerRowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.prompt_width :]
         finished = torch.isin(generated, self.stop_ids.to(generated.device)).any(dim=1).tolist()
+        rows = [r for r, t in enumerate(self.temperatures) if not (is_greedy(t) or finished[r])]
+        if not rows:
+            return scores
+        # the filtering is row by row whatever the batch, so it runs on all drawing rows at once; only the draws,
+        # each from its row's generator, are one call per row
+        temperatures = torch.tensor([self.temperatures[r] for r in rows], device=scores.device, dtype=scores.dtype)
+        logits = scores[rows] / temperatures[:, None]
+        if self.top_p is not None:
+            logits = self.top_p(input_ids[rows], logits)
+        probabilities = logits.float().softmax(dim=-1)
         drawn = scores.clone()
-        for row, (generator, temperature) in enumerate(zip(self.generators, self.temperatures, strict=True)):
-            if is_greedy(temperature) or finished[row]:
-                continue
-            logits = scores[row : row + 1] / temperature
-            if self.top_p is not None:
-                logits = self.top_p(input_ids[row : row + 1], logits)
-            token = torch.multinomial(logits.float().softmax(dim=-1)[0], 1, generator=generator)
+        for position, row in enumerate(rows):
+            token = torch.multinomial(probabilities[position], 1, generator=self.generators[row])
             drawn[row] = float("-inf")
             drawn[row, token] = 0.0
         return drawn
 
 
+class Answer(NamedTuple):
+    text: str
+    finished: bool  # it ended at a stop token, not at max_new_tokens
+
+
+def generate_texts(model, tokenizer, texts: Sequence[str], **options) -> list[str]:
+    """The answers of ``generate_answers``, as text."""
+    return [answer.text for answer in generate_answers(model, tokenizer, texts, **options)]
+
+
 @torch.no_grad()
-def generate_texts(
+def generate_answers(
     model,
     tokenizer,
     texts: Sequence[str],
@@ -101,11 +117,11 @@ def generate_texts(
     stop_ids: Sequence[int] | None = None,
     templated: bool = True,
     strip: bool = True,
-) -> list[str]:
+) -> list[Answer]:
     """One answer per prompt text of one batch: left-padded, stopped at any of ``stop_ids`` (default: the model's
     and tokenizer's EOS, ``stop_token_ids``), decoded without special tokens and, with ``strip``, stripped of
     surrounding whitespace (as AlpacaEval's ``evaluate_from_model`` with ``is_strip_output=True`` and FastChat's
-    gen_model_answer.py do).
+    gen_model_answer.py do); ``finished`` says whether it stopped by itself or was cut at ``max_new_tokens``.
 
     ``templated``: the texts come from a chat template, which writes the BOS itself (no second one is added).
     """
@@ -139,7 +155,7 @@ def generate_texts(
     for row in output[:, width:].tolist():
         ends = [i for i, token in enumerate(row) if token in stop_ids]
         text = tokenizer.decode(row[: ends[0]] if ends else row, skip_special_tokens=True)
-        answers.append(text.strip() if strip else text)
+        answers.append(Answer(text.strip() if strip else text, finished=bool(ends)))
     return answers
 
 

@@ -1,0 +1,341 @@
+"""``amapo make-pairs``: on-policy preference pairs from a policy and a reward.
+
+Three phases, each resumable (``amapo.onpolicy.shards``):
+
+1. sample: K answers per prompt from the policy (``sampling``), one shard per batch of prompts;
+2. score: every answer scored by the reward (``rewards``), once the policy is freed;
+3. select and merge: the highest-scoring answer chosen, the lowest rejected (``selection``), one JSON Lines file
+   that ``amapo train`` reads, written whole; then the shards are removed.
+
+Everything the user can get wrong is checked before the policy loads: the options, the prompts (every row), the
+policy's tokenizer and chat template, the reward (its config, outputs and template, without its weights), and an
+existing output's settings. Under ``accelerate launch`` every process takes every N-th prompt (its share), writes
+its own shards, and the first process merges them once all are done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from amapo.builtin import is_builtin, resolve_source
+from amapo.console import progress_bar
+from amapo.data.chat import read_chat_template
+from amapo.errors import UserError
+from amapo.evaluation.checks import check_model_path, check_number
+from amapo.files import write_atomically
+from amapo.onpolicy.prompts import PROMPT_FORMATS, PromptSet, read_prompts
+from amapo.onpolicy.rewards import RewardSpec, check_reward, load_reward
+from amapo.onpolicy.sampling import ENGINES, SamplingSettings, VllmSampler, pick_engine, sample_with_transformers
+from amapo.onpolicy.selection import select_pairs
+from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
+
+REWARD_MODES = ("pointwise", "pairwise")
+
+
+@dataclass
+class MakePairsConfig:
+    model_name_or_path: str = field(
+        metadata={"help": "Policy that answers: a model folder, a Hub id, builtin:tiny-llama."}
+    )
+    prompts: str = field(
+        metadata={
+            "help": "Prompt source, as `amapo train --dataset` takes it (file, folder, Hub id, builtin:reverse): a "
+            "`prompt` column, preference pairs (their prompts), or conversations (`messages`)."
+        }
+    )
+    reward: str = field(
+        metadata={
+            "help": "Reward: a sequence-classification reward model (folder or Hub id), or builtin:reverse (the "
+            "built-in task's true reward)."
+        }
+    )
+    output: str = field(metadata={"help": "Pairs file to write (JSON Lines, read by `amapo train --dataset`)."})
+    prompts_split: str = field(default="train", metadata={"help": "Split of --prompts, sliceable: 'train[:1000]'."})
+    prompt_format: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: prompts keep the form `amapo train` gives them (messages through the chat template, "
+            "strings as plain text); chat: strings become a user message (SimPO's decode.py); plain: as auto."
+        },
+    )
+    max_prompts: int | None = field(default=None, metadata={"help": "Keep the first N prompts (after deduplication)."})
+    num_samples: int = field(default=5, metadata={"help": "Answers sampled per prompt (K >= 2)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (SimPO's default 0.8)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass in (0, 1] (SimPO's default 0.95)."})
+    max_new_tokens: int = field(default=1024, metadata={"help": "Tokens per answer."})
+    seed: int = field(default=42, metadata={"help": "Answer j of prompt i samples with a stream seeded (seed, i, j)."})
+    engine: str = field(
+        default="auto", metadata={"help": "auto (vLLM when installed and a GPU is present), transformers, vllm."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Sequences per generate call (prompts x samples)."})
+    prompts_per_shard: int = field(default=64, metadata={"help": "Prompts per shard: a kill loses at most one."})
+    chat_template: str | None = field(default=None, metadata={"help": "Policy chat template (Jinja text or file)."})
+    reward_mode: str = field(default="pointwise", metadata={"help": "pointwise (one score per answer) or pairwise."})
+    reward_index: str | None = field(
+        default=None,
+        metadata={"help": "Which output of a reward model with several: an index, or 'score' (ArmoRM's .score)."},
+    )
+    reward_chat_template: str | None = field(default=None, metadata={"help": "Reward model chat template override."})
+    pairwise_template: str | None = field(
+        default=None, metadata={"help": "Comparison text for --reward_mode pairwise."}
+    )
+    reward_batch_size: int = field(default=16, metadata={"help": "Answers scored per reward forward."})
+    reward_max_length: int = field(default=4096, metadata={"help": "Tokens per scored text (the start is kept)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the reward model's own code (ArmoRM)."})
+    keep_samples: bool = field(
+        default=False, metadata={"help": "Also write every answer and score (all_generated_responses, all_rm_scores)."}
+    )
+
+    def __post_init__(self) -> None:
+        for option, values in (("prompt_format", PROMPT_FORMATS), ("engine", ENGINES), ("reward_mode", REWARD_MODES)):
+            if getattr(self, option) not in values:
+                raise UserError(f"--{option} must be one of {', '.join(values)}, got {getattr(self, option)!r}")
+        for option in ("max_new_tokens", "batch_size", "prompts_per_shard", "reward_batch_size", "reward_max_length",
+                       "max_prompts"):  # fmt: skip
+            check_number(option, getattr(self, option), ">= 1")
+        if self.num_samples < 2:
+            raise UserError(f"--num_samples must be >= 2 (a pair needs two answers), got {self.num_samples}")
+        check_number("temperature", self.temperature, ">= 0")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise UserError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not self.output.endswith((".jsonl", ".json")):
+            raise UserError(f"--output {self.output}: give a .jsonl file (the pairs, one JSON object per line)")
+
+    def reward_spec(self) -> RewardSpec:
+        return RewardSpec(
+            source=self.reward if is_builtin(self.reward) else resolve_source(self.reward),
+            mode=self.reward_mode,
+            reward_index=self.reward_index,
+            trust_remote_code=self.trust_remote_code,
+            chat_template=read_chat_template(self.reward_chat_template) if self.reward_chat_template else None,
+            pairwise_template=self.pairwise_template,
+            batch_size=self.reward_batch_size,
+            max_length=self.reward_max_length,
+        )
+
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(self.num_samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+
+@dataclass
+class Ranks:
+    """This process's place among the data-parallel processes (``accelerate launch``), and a barrier."""
+
+    rank: int = 0
+    world: int = 1
+    state: object = None
+
+    @classmethod
+    def from_environment(cls) -> Ranks:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState()
+        return cls(state.process_index, state.num_processes, state)
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def device(self):
+        from amapo.model.loading import best_device
+
+        return self.state.device if self.state is not None else best_device()
+
+
+def settings_file(output: Path) -> Path:
+    return output.with_name(output.name + ".settings.json")
+
+
+def recorded_settings(config: MakePairsConfig, prompts: PromptSet, tokenizer, engine: str, reward: str) -> dict:
+    """What shapes the pairs; a rerun that would continue or overwrite a run made with other values is refused."""
+    import hashlib
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {
+        "policy": config.model_name_or_path,
+        "policy_chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "prompts": f"{config.prompts}@{config.prompts_split}",
+        "prompt_format": config.prompt_format,
+        "max_prompts": config.max_prompts,
+        "prompt_count": len(prompts.prompts),
+        **asdict(config.sampling()),
+        "engine": engine,
+        "reward": reward,
+        "reward_mode": config.reward_mode,
+        "reward_index": config.reward_index,
+        "pairwise_template": config.pairwise_template,
+        "keep_samples": config.keep_samples,
+    }
+
+
+def check_settings(output: Path, settings: dict) -> bool:
+    """True when ``output`` is a finished run with these settings (nothing to do); refuses other settings."""
+    path = settings_file(output)
+    if not path.is_file():
+        if output.exists():
+            raise UserError(
+                f"--output {output} exists and was not written by `amapo make-pairs` (no {path.name} beside it): give "
+                "another --output, or delete it"
+            )
+        return False
+    recorded = json.loads(path.read_text())
+    changed = [k for k in settings if recorded.get(k) != settings[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: {settings[k]!r} now, {recorded.get(k)!r} then" for k in changed)
+        raise UserError(
+            f"{output} belongs to a run with other settings ({diffs}): rerun with its settings to continue it, or "
+            f"give another --output, or delete {output.name}, {path.name} and {output.name}.shards to start over"
+        )
+    return output.exists()
+
+
+def run_make_pairs(config: MakePairsConfig, console: Console | None = None) -> Path:
+    """Sample, score, select (module docstring); returns the pairs file."""
+    from amapo.model.loading import load_tokenizer
+
+    console = console or Console()
+    ranks = Ranks.from_environment()
+    check_model_path("model_name_or_path", config.model_name_or_path)
+    reward_description = check_reward(config.reward_spec())
+    prompts = read_prompts(config.prompts, config.prompts_split, prompt_format=config.prompt_format,
+                           max_prompts=config.max_prompts)  # fmt: skip
+    policy_path = resolve_source(config.model_name_or_path)
+    tokenizer = load_tokenizer(policy_path, chat_template=config.chat_template)
+    if prompts.conversational and not tokenizer.chat_template:
+        raise UserError(
+            f"the prompts of {config.prompts} are conversations and the policy {config.model_name_or_path} has no chat "
+            "template to render them: pass --chat_template (Jinja text or a .jinja file)"
+        )
+    output = Path(config.output).expanduser()
+    engine = pick_engine(config.engine)
+    settings = recorded_settings(config, prompts, tokenizer, engine, config.reward)
+    if check_settings(output, settings):
+        say(console, ranks, f"amapo make-pairs: {output} is complete for these settings: nothing to do")
+        return output
+    ranks.wait()  # every process has read the settings before the first writes them
+    if ranks.rank == 0:
+        write_atomically(settings_file(output), json.dumps(settings, indent=2) + "\n")
+    store = ShardStore(output)
+    say(console, ranks, f"amapo make-pairs: {len(prompts.prompts)} prompts ({prompts.duplicates} duplicates dropped) "
+        f"from {config.prompts}@{config.prompts_split}; reward: {reward_description}; engine: {engine}")  # fmt: skip
+    note_long_answers(config, prompts, policy_path, tokenizer, console, ranks)
+    sample_share(config, prompts, store, ranks, policy_path, tokenizer, engine, console)
+    score_share(config, prompts, store, ranks, console)
+    ranks.wait()
+    if ranks.rank == 0:
+        merge(config, prompts, store, output, console)
+    ranks.wait()
+    return output
+
+
+def note_long_answers(config, prompts: PromptSet, policy_path: str, tokenizer, console, ranks: Ranks) -> None:
+    """A note (not an error) when the longest prompt plus --max_new_tokens passes the policy's positions: answers
+    that run that long degrade, and a model that rarely stops would spend its time there."""
+    from transformers import AutoConfig
+
+    from amapo.model.generate import render_prompt
+
+    try:
+        positions = getattr(AutoConfig.from_pretrained(policy_path).get_text_config(), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return
+    if positions is None:
+        return
+    longest = max(len(tokenizer(render_prompt(tokenizer, p)[0])["input_ids"]) for p in prompts.prompts)
+    if longest + config.max_new_tokens > positions:
+        say(console, ranks, f"amapo make-pairs: note: the longest prompt ({longest} tokens) plus --max_new_tokens "
+            f"{config.max_new_tokens} passes the policy's {positions} positions; lower --max_new_tokens to "
+            f"{max(positions - longest, 1)} to keep every answer within them")  # fmt: skip
+
+
+def say(console: Console, ranks: Ranks, text: str) -> None:
+    if ranks.rank == 0:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def sample_share(config, prompts: PromptSet, store: ShardStore, ranks: Ranks, policy_path, tokenizer, engine,
+                 console) -> None:  # fmt: skip
+    """Answers to this process's prompts that no shard holds yet, one shard per ``prompts_per_shard`` prompts."""
+    done = store.done(SAMPLES)
+    todo = [(i, p) for i, p in enumerate(prompts.prompts) if i % ranks.world == ranks.rank and i not in done]
+    if not todo:
+        return
+    from amapo.model.generate import stop_token_ids
+    from amapo.model.loading import load_model
+
+    model = load_model(policy_path, device=ranks.device()).eval()
+    stop_ids = stop_token_ids(model, tokenizer)
+    sampler = VllmSampler(policy_path, tokenizer, config.sampling(), stop_ids) if engine == "vllm" else None
+    with progress_bar(console, "prompts", disable=ranks.rank != 0) as progress:
+        task = progress.add_task("sampling", total=len(todo))
+        for start in range(0, len(todo), config.prompts_per_shard):
+            chunk = todo[start : start + config.prompts_per_shard]
+            if sampler is not None:
+                answers = sampler.sample(chunk)
+            else:
+                answers = sample_with_transformers(model, tokenizer, chunk, config.sampling(), config.batch_size,
+                                                   stop_ids)  # fmt: skip
+            rows = [
+                {"index": i, "prompt": p, "samples": [a.text for a in got], "finished": [a.finished for a in got]}
+                for (i, p), got in zip(chunk, answers, strict=True)
+            ]
+            store.write(SAMPLES, ranks.rank, rows)
+            progress.advance(task, len(chunk))
+    del model, sampler
+    free_accelerator_memory()
+
+
+def score_share(config, prompts: PromptSet, store: ShardStore, ranks: Ranks, console) -> None:
+    """Scores for this process's samples shards that have none yet."""
+    shards = store.unscored(ranks.rank)
+    if not shards:
+        return
+    scorer = load_reward(config.reward_spec(), device=ranks.device())
+    try:
+        with progress_bar(console, "prompts", disable=ranks.rank != 0) as progress:
+            task = progress.add_task("scoring", total=sum(len(store.read(s)) for s in shards))
+            for shard in shards:
+                rows = store.read(shard)
+                scores = scorer.score([r["prompt"] for r in rows], [r["samples"] for r in rows])
+                store.write(SCORED, ranks.rank, [{**r, "scores": s} for r, s in zip(rows, scores, strict=True)])
+                progress.advance(task, len(rows))
+    finally:
+        scorer.close()
+
+
+def merge(config: MakePairsConfig, prompts: PromptSet, store: ShardStore, output: Path, console: Console) -> None:
+    """Select a pair per prompt from every process's scored shards, write the pairs file whole, remove the shards."""
+    rows = store.scored_rows()
+    missing = sorted(set(range(len(prompts.prompts))) - {r["index"] for r in rows})
+    if missing:  # a process died before scoring its share: a rerun continues it
+        raise UserError(f"{len(missing)} prompts have no scored answers (first: {missing[0]}): rerun to finish them")
+    pairs, dropped = select_pairs(rows, config.keep_samples)
+    write_atomically(output, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
+    store.remove()
+    reasons = ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none"
+    cut = sum(not f for row in rows for f in row["finished"])
+    reasons += f"; {cut} of {sum(len(r['finished']) for r in rows)} answers cut at --max_new_tokens, never paired"
+    gaps = [p["reward_gap"] for p in pairs]
+    gap = f"; reward gap mean {sum(gaps) / len(gaps):.4g}" if gaps else ""
+    console.print(
+        f"amapo make-pairs: {len(pairs)} pairs from {len(rows)} prompts written to {output} (prompts without a pair: "
+        f"{reasons}){gap}", markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+def free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
