@@ -209,12 +209,9 @@ def warn_long_prompts(
     model_path: str, todo: list[Question], lengths: list[int], sampling: Sampling, name: str, console: Console
 ) -> None:
     """A note (not an error) when a prompt plus its answer can run past the model's positions."""
-    from transformers import AutoConfig
+    from amapo.model.loading import model_positions
 
-    try:
-        positions = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "max_position_embeddings", None)
-    except (OSError, ValueError):
-        return
+    positions = model_positions(model_path)
     if positions is None:
         return
     over = [(n, q) for n, q in zip(lengths, todo, strict=True) if n + sampling.max_new_tokens > positions]

@@ -51,6 +51,18 @@ def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_positions(path: str) -> int | None:
+    """The model's ``max_position_embeddings``, read from its config (cheap); None where it has none or the config
+    cannot be read (loading the model then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
 def check_positions(max_length: int, model_config, model_name: str) -> None:
     """``max_length`` must fit the model's positions: beyond them a model gives garbage or fails mid-run."""
     positions = getattr(model_config.get_text_config(), "max_position_embeddings", None)

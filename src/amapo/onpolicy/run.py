@@ -239,14 +239,10 @@ def run_make_pairs(config: MakePairsConfig, console: Console | None = None) -> P
 def note_long_answers(config, prompts: PromptSet, policy_path: str, tokenizer, console, ranks: Ranks) -> None:
     """A note (not an error) when the longest prompt plus --max_new_tokens passes the policy's positions: answers
     that run that long degrade, and a model that rarely stops would spend its time there."""
-    from transformers import AutoConfig
-
     from amapo.model.generate import render_prompt
+    from amapo.model.loading import model_positions
 
-    try:
-        positions = getattr(AutoConfig.from_pretrained(policy_path).get_text_config(), "max_position_embeddings", None)
-    except (OSError, ValueError):
-        return
+    positions = model_positions(policy_path)
     if positions is None:
         return
     longest = max(len(tokenizer(render_prompt(tokenizer, p)[0])["input_ids"]) for p in prompts.prompts)
