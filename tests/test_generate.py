@@ -215,9 +215,9 @@ def test_markdown_counts_as_arena_hard_counts_them():
 # --- resuming: a killed run, rerun, is the file of one run -------------------------------------------------------
 
 
-@pytest.mark.parametrize("benchmark", ["mt-bench", "alpaca-eval"])
-def test_a_killed_run_resumed_writes_what_one_run_writes(model_dir, tmp_path, monkeypatch, capsys, benchmark):
-    if benchmark == "mt-bench":
+@pytest.mark.parametrize("benchmark_name", ["mt-bench", "alpaca-eval"])  # "benchmark" is pytest-benchmark's fixture
+def test_a_killed_run_resumed_writes_what_one_run_writes(model_dir, tmp_path, monkeypatch, capsys, benchmark_name):
+    if benchmark_name == "mt-bench":
         questions, name, read = write_jsonl(tmp_path / "q.jsonl", MT_BENCH), "a.jsonl", read_jsonl
         calls_per_batch = 2  # one per turn
     else:
@@ -242,7 +242,7 @@ def test_a_killed_run_resumed_writes_what_one_run_writes(model_dir, tmp_path, mo
     assert len(read(resumed)) == 2  # the first batch, whole; the second lost
     capsys.readouterr()
     assert generate(model_dir, questions, "--output", str(resumed), *sampling) == 0
-    assert f"{len(ALPACA) if benchmark == 'alpaca-eval' else len(MT_BENCH)} questions, 2 already answered" in (
+    assert f"{len(ALPACA) if benchmark_name == 'alpaca-eval' else len(MT_BENCH)} questions, 2 already answered" in (
         capsys.readouterr().out
     )
     assert without_ids(read(resumed)) == without_ids(read(whole))
