@@ -15,6 +15,7 @@ from datasets import Dataset
 from amapo.builtin.tokenizer import build_byte_tokenizer
 from amapo.cli import main
 from amapo.compare.report import Claim, inverted_u_verdict
+from amapo.compare.statistics import paired_difference
 from amapo.data import tokenize_dataset
 from amapo.evaluation import compute_pair_logps, score_with_loss
 from amapo.evaluation.run import true_reward_accuracy
@@ -80,19 +81,45 @@ def test_true_reward_accuracy_skips_ties_and_reads_the_true_order():
     assert true_reward_accuracy(scores, pairs) == pytest.approx(1 / 3)
 
 
-def test_claim_verdicts_weigh_the_seed_spread():
-    run = lambda acc: SimpleNamespace(accuracy={"in_distribution": acc})  # noqa: E731
+def fake_run(seed: int, bits: str) -> SimpleNamespace:
+    """A run that ranked the held-out pairs as ``bits`` (1: right)."""
+    return SimpleNamespace(
+        seed=seed, accuracy={"in_distribution": bits.count("1") / len(bits)}, ranked_right={"in_distribution": bits},
+        per_prompt={}, gradient={},
+    )  # fmt: skip
+
+
+def test_claims_pair_the_methods_seed_by_seed_and_pair_by_pair():
     claim = Claim("A beats B", "a", "b", "accuracy", "in_distribution")
-    assert claim.verdict({"a": [run(0.9), run(0.92)], "b": [run(0.7), run(0.72)]}).startswith("A beats B: agrees (")
-    assert "disagrees (" in claim.verdict({"a": [run(0.5), run(0.52)], "b": [run(0.7), run(0.72)]})
-    assert "within the seed spread" in claim.verdict({"a": [run(0.71), run(0.8)], "b": [run(0.7), run(0.75)]})
-    assert claim.verdict({"a": [run(0.7)]}) is None  # B was not run
+    rng = np.random.default_rng(0)
+    b_bits = [rng.random(400) < 0.7 for _ in range(3)]
+    a_bits = [b | (rng.random(400) < 0.3) for b in b_bits]  # a ranks right every pair b does, and more
+    as_text = lambda bits: "".join("1" if x else "0" for x in bits)  # noqa: E731
+    groups = {"a": [fake_run(s, as_text(x)) for s, x in enumerate(a_bits)],
+              "b": [fake_run(s, as_text(x)) for s, x in enumerate(b_bits)]}  # fmt: skip
+    diff = claim.difference(groups)
+    assert diff.items == 400 and diff.estimate == pytest.approx(np.mean(np.stack(a_bits) ^ np.stack(b_bits)))
+    assert diff.verdict == "agrees" and "**agrees**" in claim.row(groups) and "3 seeds x 400 items" in claim.row(groups)
+    assert Claim("B beats A", "b", "a", "accuracy", "in_distribution").difference(groups).verdict == "disagrees"
+    same = {"a": groups["b"], "b": groups["b"]}
+    assert claim.difference(same).verdict == "cannot tell at this size"
+    assert claim.row({"a": groups["a"]}) is None  # B was not run
+    # seeds pair by number: a seed only one method ran is left out
+    assert claim.difference({"a": groups["a"][:2], "b": groups["b"][1:]}).per_seed == pytest.approx(
+        (np.mean(a_bits[1] ^ b_bits[1]),)
+    )
 
 
-def test_inverted_u_verdict():
-    assert inverted_u_verdict([1, 2, 3], [0.6, 0.8, 0.65], [0.01] * 3).startswith("inverted U present")
-    assert inverted_u_verdict([1, 2, 3], [0.6, 0.7, 0.8], [0.01] * 3).startswith("no inverted U")
-    assert "needs at least 3" in inverted_u_verdict([1, 2], [0.6, 0.7], [0.0, 0.0])
+def test_inverted_u_verdict_needs_the_peak_above_both_ends_by_its_interval():
+    rng = np.random.default_rng(1)
+    as_text = lambda p: "".join("1" if x else "0" for x in rng.random(2000) < p)  # noqa: E731
+    by_beta = {beta: [fake_run(s, as_text(p)) for s in range(3)] for beta, p in ((1, 0.6), (2, 0.8), (3, 0.62))}
+    present = inverted_u_verdict([1, 2, 3], [0.6, 0.8, 0.62], by_beta, "in_distribution")
+    assert present.startswith("inverted U present: peak at beta 2") and "beta 2 - beta 1 +0.2" in present
+    close = {beta: [fake_run(s, as_text(0.7)) for s in range(2)] for beta in (1, 2, 3)}
+    assert "cannot be told at this size" in inverted_u_verdict([1, 2, 3], [0.69, 0.71, 0.7], close, "in_distribution")
+    assert inverted_u_verdict([1, 2, 3], [0.6, 0.7, 0.8], by_beta, "in_distribution").startswith("no inverted U")
+    assert "needs at least 3" in inverted_u_verdict([1, 2], [0.6, 0.7], by_beta, "in_distribution")
 
 
 def test_amapo_eval_end_to_end(trained_model, tmp_path):
@@ -176,18 +203,40 @@ def test_amapo_compare_writes_the_report(tmp_path):
             "4",
             "--max_new_tokens",
             "6",
+            "--eval_pairs",
+            "40",
             "--output_dir",
             str(out),
         ]
     )
-    runs = json.loads((out / "runs.json").read_text())
+    document = json.loads((out / "runs.json").read_text())
+    runs = document["runs"]
     assert len(runs) == 6 and {r["method"] for r in runs} == {"simpo", "amapo"}
+    assert document["config"]["eval_pairs"] == 40 and document["config"]["seeds"] == [1, 2, 3]
     report = (out / "report.md").read_text()
     for heading in ("## Ranking accuracy", "## Gradient dynamics", "## Generation", "## Against the paper"):
         assert heading in report
     amapo_id = [r["accuracy"]["in_distribution"] for r in runs if r["method"] == "amapo"]
     mean, spread = np.mean(amapo_id), np.std(amapo_id, ddof=1)
     assert f"| amapo | {mean:.3f} ± {spread:.3f}" in report  # the table holds the runs' numbers
+    assert f"| base model (mean log-prob) | {document['base']['accuracy']['in_distribution']:.3f} |" in report
+    for run in runs:  # every held-out pair kept, so the report can pair methods pair by pair
+        for name, bits in run["ranked_right"].items():
+            assert len(bits) == 40 and run["accuracy"][name] == pytest.approx(bits.count("1") / 40)
+        assert len(run["per_prompt"]["in_distribution/length"]) == 4
+        assert run["generation"]["in_distribution/length"] == pytest.approx(
+            np.mean(run["per_prompt"]["in_distribution/length"])
+        )
+        assert list(run["curve"]) == ["in_distribution"]  # the curve: the analysis set only
+    # the claim AMaPO > SimPO in distribution: a - b seed by seed and pair by pair, with its interval and verdict
+    by = {(r["method"], r["seed"]): np.array([int(c) for c in r["ranked_right"]["in_distribution"]]) for r in runs}
+    expected = paired_difference(
+        np.stack([by["amapo", s] for s in (1, 2, 3)]), np.stack([by["simpo", s] for s in (1, 2, 3)])
+    )
+    row = next(
+        line for line in report.splitlines() if line.startswith("| AMaPO ranks held-out pairs better than SimPO")
+    )
+    assert f"| {expected.interval_text} | 3 seeds x 40 items |" in row and f"**{expected.verdict}**" in row
     # the benchmark sets: their own tables, and the paper's RM-Bench and OOD numbers beside ours
     assert "## Benchmark sets" in report and "### rmb" in report and "### response_ood" in report
     hard = [r["benchmarks"]["rmb"]["rm_bench/hard"] for r in runs if r["method"] == "amapo"]

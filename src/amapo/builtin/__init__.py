@@ -5,14 +5,17 @@ ordinary model folder and ordinary JSONL files:
 
 * ``builtin:tiny-llama``: the cached model folder;
 * ``builtin:reverse``: the task's training pairs; ``builtin:reverse/<set>``: a held-out set
-  (``in_distribution``, ``prompt_ood``, ``response_ood``, ``mutual_ood``).
+  (``in_distribution``, ``prompt_ood``, ``response_ood``, ``mutual_ood``; a pool of 8192 pairs, which recipes
+  read a prefix of, e.g. ``@train[:256]``);
+* ``builtin:reverse-lengths`` and ``builtin:reverse-lengths/<set>``: the same for the variant whose answers
+  differ in length (``amapo.builtin.task``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from amapo.builtin.task import EVAL_SETS
+from amapo.builtin.task import EVAL_SETS, VARIANTS
 from amapo.errors import UserError
 
 PREFIX = "builtin:"
@@ -32,11 +35,14 @@ def resolve_source(source: str) -> str:
     assets = prepare_builtin()
     if name == "tiny-llama":
         return str(assets.model_dir)
-    if name == "reverse":
-        return str(assets.train_file)
-    if name.startswith("reverse/") and name.removeprefix("reverse/") in EVAL_SETS:
-        return str(assets.eval_files()[name.removeprefix("reverse/")])
-    known = ["builtin:tiny-llama", "builtin:reverse", *(f"builtin:reverse/{s}" for s in EVAL_SETS)]
+    variant, _, eval_set = name.partition("/")
+    if variant in VARIANTS and not eval_set:
+        return str(assets.train_file_of(variant))
+    if variant in VARIANTS and eval_set in EVAL_SETS:
+        return str(assets.eval_files(variant)[eval_set])
+    known = ["builtin:tiny-llama"]
+    for variant in VARIANTS:
+        known += [f"builtin:{variant}", *(f"builtin:{variant}/{s}" for s in EVAL_SETS)]
     raise UserError(f"unknown built-in source {source!r}; known: {', '.join(known)}")
 
 

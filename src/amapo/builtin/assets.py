@@ -4,6 +4,7 @@
 
     <cache>/model/          config.json, model.safetensors, tokenizer.json, ...  (AutoModelForCausalLM loads it)
     <cache>/data/train.jsonl, in_distribution.jsonl, prompt_ood.jsonl, response_ood.jsonl, mutual_ood.jsonl
+    <cache>/data/reverse-lengths/...   the same files for the reverse-lengths variant
 
 so ``amapo train`` runs the default through the same code path as a Hub model and a local dataset file.
 The cache key covers everything that shapes the assets; a change makes a new folder, never a stale reuse.
@@ -23,10 +24,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from amapo.builtin.task import EVAL_SETS, TaskSpec, generate_task
+from amapo.builtin.task import EVAL_SETS, VARIANTS, TaskSpec, generate_task
 from amapo.builtin.tokenizer import build_byte_tokenizer
 
-ASSETS_VERSION = 1
+ASSETS_VERSION = 2  # 2: held-out pools of TaskSpec.eval_pool pairs, the reverse-lengths variant
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def data_folder(variant: str) -> str:
+    """Where a variant's files lie under ``data/``: the default task at the top (as before variants existed)."""
+    return "" if variant == "reverse" else variant
+
+
 @dataclass(frozen=True)
 class BuiltinAssets:
     root: Path
@@ -123,12 +129,18 @@ class BuiltinAssets:
     def model_dir(self) -> Path:
         return self.root / "model"
 
+    def data_dir(self, variant: str = "reverse") -> Path:
+        return self.root / "data" / data_folder(variant)
+
     @property
     def train_file(self) -> Path:
-        return self.root / "data" / "train.jsonl"
+        return self.data_dir() / "train.jsonl"
 
-    def eval_files(self) -> dict[str, Path]:
-        return {name: self.root / "data" / f"{name}.jsonl" for name in EVAL_SETS}
+    def train_file_of(self, variant: str) -> Path:
+        return self.data_dir(variant) / "train.jsonl"
+
+    def eval_files(self, variant: str = "reverse") -> dict[str, Path]:
+        return {name: self.data_dir(variant) / f"{name}.jsonl" for name in EVAL_SETS}
 
 
 def prepare_builtin(
@@ -143,13 +155,15 @@ def prepare_builtin(
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared like any model folder
     try:
-        splits = generate_task(task)
-        (staging / "data").mkdir()
-        for name in ("train", *EVAL_SETS):
-            _write_jsonl(staging / "data" / f"{name}.jsonl", splits[name])
+        variants = generate_task(task)
+        for variant in VARIANTS:
+            folder = staging / "data" / data_folder(variant)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in ("train", *EVAL_SETS):
+                _write_jsonl(folder / f"{name}.jsonl", variants[variant][name])
         tokenizer = build_byte_tokenizer()
         model = build_tiny_llama(model_spec, tokenizer)
-        losses = supervised_warmup(model, tokenizer, splits["sft"], model_spec)
+        losses = supervised_warmup(model, tokenizer, variants["reverse"]["sft"], model_spec)
         # is_main_process=True: under torchrun, transformers would otherwise write the weights on rank 0 only,
         # and another rank could publish a folder without them.
         model.save_pretrained(staging / "model", is_main_process=True)

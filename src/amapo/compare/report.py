@@ -1,5 +1,6 @@
-"""The comparison report: Markdown tables shaped like the paper's, figures, and a plain statement of where the
-small-scale result agrees with the paper and where it does not. Every number comes from the runs."""
+"""The comparison report: Markdown tables shaped like the paper's, figures, and claim by claim whether the
+small-scale result agrees with the paper, disagrees, or cannot tell at this size, from paired 95% intervals
+(``amapo.compare.statistics``). Every number comes from the runs (``runs.json``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from amapo.compare.config import CompareConfig, RunResult
+from amapo.compare.statistics import PairedDifference, paired_difference
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights, plot_sweep
 
 SETS = ("in_distribution", "prompt_ood", "response_ood", "mutual_ood")
@@ -57,6 +59,35 @@ def column(runs: list[RunResult], section: str, key: str) -> list[float]:
     return [getattr(r, section)[key] for r in runs if key in getattr(r, section)]
 
 
+def per_item(run: RunResult, section: str, key: str) -> np.ndarray | None:
+    """One run's measurement item by item (pairs ranked right, or answers' lengths / true rewards), if kept."""
+    if section == "accuracy" and key in run.ranked_right:
+        return np.frombuffer(run.ranked_right[key].encode(), dtype=np.uint8) - ord("0")
+    if section == "generation" and key in run.per_prompt:
+        return np.asarray(run.per_prompt[key], dtype=float)
+    return None
+
+
+def paired(a_runs: list[RunResult], b_runs: list[RunResult], section: str, key: str, higher_is_better: bool = True):
+    """The paired difference of two groups of runs on one metric, over the seeds both have (None if none):
+    item by item where the runs kept their items, else run by run."""
+    a_by_seed, b_by_seed = {r.seed: r for r in a_runs}, {r.seed: r for r in b_runs}
+    seeds = [s for s in sorted(a_by_seed) if s in b_by_seed and key in getattr(a_by_seed[s], section)
+             and key in getattr(b_by_seed[s], section)]  # fmt: skip
+    if not seeds:
+        return None
+    items = [(per_item(a_by_seed[s], section, key), per_item(b_by_seed[s], section, key)) for s in seeds]
+    if (
+        all(a is not None and b is not None and a.shape == b.shape for a, b in items)
+        and len({a.shape for a, _ in items}) == 1
+    ):
+        a, b = np.stack([a for a, _ in items]), np.stack([b for _, b in items])
+    else:
+        a = np.array([getattr(a_by_seed[s], section)[key] for s in seeds])
+        b = np.array([getattr(b_by_seed[s], section)[key] for s in seeds])
+    return paired_difference(a, b, higher_is_better)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A statement of the paper, checked on this run: method ``a`` beats ``b`` on a metric."""
@@ -68,24 +99,20 @@ class Claim:
     key: str
     higher_is_better: bool = True
 
-    def verdict(self, groups: dict[str, list[RunResult]]) -> str | None:
+    def difference(self, groups: dict[str, list[RunResult]]) -> PairedDifference | None:
         if self.a not in groups or self.b not in groups:
             return None
-        va, vb = column(groups[self.a], self.section, self.key), column(groups[self.b], self.section, self.key)
-        if not va or not vb:
+        return paired(groups[self.a], groups[self.b], self.section, self.key, self.higher_is_better)
+
+    def row(self, groups: dict[str, list[RunResult]]) -> str | None:
+        """A row of the claims table: the claim, the metric, a - b with its interval, per seed, the verdict."""
+        diff = self.difference(groups)
+        if diff is None:
             return None
-        (ma, sa), (mb, sb) = mean_spread(va), mean_spread(vb)
-        diff = (ma - mb) if self.higher_is_better else (mb - ma)
-        noise = max(sa, sb)
-        if diff > noise:
-            word = "agrees"
-        elif diff > 0:
-            word = "agrees, within the seed spread"
-        elif diff < -noise:
-            word = "disagrees"
-        else:
-            word = "disagrees, within the seed spread"
-        return f"{self.text}: {word} ({self.a} {ma:.3f} ± {sa:.3f} vs {self.b} {mb:.3f} ± {sb:.3f})."
+        sign = "" if self.higher_is_better else " (lower is better: b - a)"
+        over = f"{len(diff.per_seed)} seeds x {diff.items} items" if diff.items else f"{len(diff.per_seed)} seeds"
+        per_seed = " ".join(f"{d:+.3f}" for d in diff.per_seed)
+        return f"| {self.text} | {self.key}{sign} | {diff.interval_text} | {over} | {per_seed} | **{diff.verdict}** |"
 
 
 def paper_claims() -> list[Claim]:
@@ -178,13 +205,11 @@ def paper_claims() -> list[Claim]:
     return claims
 
 
-def accuracy_table(groups: dict[str, list[RunResult]], sets: list[str]) -> list[str]:
+def accuracy_table(groups: dict[str, list[RunResult]], sets: list[str], base: dict) -> list[str]:
     lines = ["| method | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
-    base = next((runs for tag, runs in groups.items() if tag.startswith(("amapo", "simpo"))), None)
-    if base:  # the initial policy ranked by mean log-prob (the reward of SimPO / AMaPO), before any training
-        lines.append(
-            "| base model (mean log-prob) | " + " | ".join(fmt(column(base, "accuracy_before", s)) for s in sets) + " |"
-        )
+    if base.get("accuracy"):  # the initial policy ranked by mean log-prob (the reward of SimPO / AMaPO)
+        cells = [f"{base['accuracy'][s]:.3f}" if s in base["accuracy"] else "-" for s in sets]
+        lines.append("| base model (mean log-prob) | " + " | ".join(cells) + " |")
     for tag, runs in groups.items():
         lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "accuracy", s)) for s in sets) + " |")
     return lines
@@ -251,10 +276,15 @@ def paper_number_lines(config: CompareConfig, groups: dict[str, list[RunResult]]
         here = ", ".join(f"{m} {100 * mean_spread(v)[0]:.1f} ± {100 * mean_spread(v)[1]:.1f}" for m, v in ours.items())
         order = ""
         if {"amapo", "simpo"} <= set(ours):
-            (ma, sa), (ms, ss) = mean_spread(ours["amapo"]), mean_spread(ours["simpo"])
-            word = "agrees" if ma > ms else "disagrees"
-            within = ", within the seed spread" if abs(ma - ms) <= max(sa, ss) else ""
-            order = f"; AMaPO above SimPO as in the paper: {word}{within}"
+            if read is benchmark_values:  # a number per run: the paired t-interval over seeds
+                a, b = ({r.seed: r.benchmarks[name][key] for r in groups[m] if key in r.benchmarks.get(name, {})}
+                        for m in ("amapo", "simpo"))  # fmt: skip
+                both = sorted(set(a) & set(b))
+                diff, over = paired_difference([a[s] for s in both], [b[s] for s in both]), f"{len(both)} seeds"
+            else:  # the recipe's set: pair by pair, as the claims above
+                diff = paired(groups["amapo"], groups["simpo"], "accuracy", name)
+                over = f"{len(diff.per_seed)} seeds" + (f" x {diff.items} pairs" if diff.items else "")
+            order = f"; AMaPO above SimPO as in the paper: {diff.verdict} (amapo - simpo {diff.interval_text}, {over})"
         lines.append(f"- {what}: paper ({setting}) {theirs}; here ({source}) {here}{order}.")
     if lines:
         lines.append(
@@ -293,36 +323,72 @@ def sweep_section(config: CompareConfig, results: list[RunResult], output_dir: P
                 spreads[s].append(sd)
         plot_sweep(betas, means, spreads, output_dir / f"beta_sweep_{method}.png")
         lines += ["", f"![beta sweep](beta_sweep_{method}.png)", ""]
+        by_beta = {beta: [r for r in runs if r.beta == beta] for beta in betas}
         for s in sets:
-            lines.append(f"- {s}: {inverted_u_verdict(betas, means[s], spreads[s])}")
+            lines.append(f"- {s}: {inverted_u_verdict(betas, means[s], by_beta, s)}")
         lines.append("")
     return lines
 
 
-def inverted_u_verdict(betas: list[float], means: list[float], spreads: list[float]) -> str:
-    """The paper's claim: accuracy peaks at an interior beta, lower at both ends (by more than the spread)."""
+def inverted_u_verdict(betas: list[float], means: list[float], by_beta: dict[float, list[RunResult]], key: str) -> str:
+    """The paper's claim: accuracy peaks at an interior beta and is lower at both ends. Present when the peak beats
+    each end by a paired interval above 0 (the same seeds and pairs at every beta), else it cannot tell."""
     if len(betas) < 3:
         return "needs at least 3 betas to test the inverted-U claim"
     peak = int(np.argmax(means))
     where = f"peak at beta {betas[peak]:g} ({means[peak]:.3f})"
     if peak in (0, len(betas) - 1):
         return f"no inverted U: {where}, at the end of the range"
-    noise = spreads[peak]
-    clear = means[peak] - means[0] > noise and means[peak] - means[-1] > noise
-    tail = "both ends lower by more than the seed spread" if clear else "an end is within the seed spread"
-    return f"inverted U {'present' if clear else 'suggested'}: {where}, {tail}"
+    ends = [paired(by_beta[betas[peak]], by_beta[betas[end]], "accuracy", key) for end in (0, len(betas) - 1)]
+    if any(diff is None for diff in ends):
+        return f"cannot tell: {where}, and the betas share no seed"
+    said = ", ".join(f"beta {betas[peak]:g} - beta {betas[end]:g} {diff.interval_text}"
+                     for end, diff in zip((0, len(betas) - 1), ends, strict=True))  # fmt: skip
+    if all(diff.low > 0 for diff in ends):
+        return f"inverted U present: {where}; {said}"
+    return f"inverted U cannot be told at this size: {where}; {said}"
 
 
-def write_report(config: CompareConfig, results: list[RunResult], points, output_dir: Path) -> Path:
+INTERVALS = (
+    "Each claim compares two methods seed by seed: for a seed both trained on the same data in the same order and "
+    "are scored on the same held-out pairs and prompts. For a per-pair or per-prompt metric the difference is "
+    "taken item by item and its 95% interval counts both the seeds and the held-out items (two-way variance "
+    "var(seed means)/S + var(item means)/N, after Owen's pigeonhole bootstrap, with a Student-t quantile at "
+    "Welch-Satterthwaite degrees of freedom); for a per-run metric (the gradient indicators) it is the paired "
+    "t-interval over seeds. **agrees**: the interval lies on the paper's side of 0; **disagrees**: on the other side; "
+    "**cannot tell at this size**: it contains 0, and its half-width is the difference this size resolves "
+    "(`--seeds`, `--eval_pairs`, `--max_generations` to narrow it). Per seed: the difference in each seed."
+)
+
+
+def claims_table(groups: dict[str, list[RunResult]]) -> list[str]:
+    rows = [row for claim in paper_claims() if (row := claim.row(groups))]
+    if not rows:
+        return ["- (none of the paper's pairwise claims involve these methods)"]
+    return [
+        "| claim (a vs b) | metric | a - b, 95% interval | over | per seed | verdict |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def write_report(
+    config: CompareConfig, results: list[RunResult], base: dict, points, output_dir: Path, preamble: str = ""
+) -> Path:
+    """``report.md`` (and its figures) in ``output_dir``; ``preamble``: lines put under the title (how it was made)."""
     groups = by_tag(results)
     sets = [s for s in SETS if any(s in r.accuracy for r in results)] or sorted(
         {k for r in results for k in r.accuracy}
     )
     seeds = ", ".join(map(str, config.seeds))
     budget = f"{config.max_steps} steps" if config.max_steps > 0 else f"the recipe's budget ({config.recipe})"
+    pairs = {name: len(bits) for r in results for name, bits in r.ranked_right.items()}
+    sizes = ", ".join(f"{name} {n}" for name, n in pairs.items())
+    prompts = {key.split("/")[0]: len(v) for r in results for key, v in r.per_prompt.items()}
     lines = [
         "# amapo compare",
         "",
+        *([preamble, ""] if preamble else []),
         f"Recipe `{config.recipe}`, methods {', '.join(config.methods)}, seeds {seeds}, {budget} per run; every "
         "method with its own paper defaults for its loss options"
         + (" except beta (swept)" if config.beta_sweep else "")
@@ -330,7 +396,9 @@ def write_report(config: CompareConfig, results: list[RunResult], points, output
         "",
         "## Ranking accuracy (implicit reward of each method, held-out pairs)",
         "",
-        *accuracy_table(groups, sets),
+        f"Pairs per set: {sizes or 'none'}.",
+        "",
+        *accuracy_table(groups, sets, base),
         "",
         f"## Gradient dynamics (on `{config.analysis_set}`, each method's own loss, final model)",
         "",
@@ -342,8 +410,9 @@ def write_report(config: CompareConfig, results: list[RunResult], points, output
     ]
     generation_keys = sorted({k for r in results for k in r.generation})
     if generation_keys:
+        answered = ", ".join(f"{name} {n}" for name, n in prompts.items())
         lines += [
-            "## Generation (greedy answers to held-out prompts)",
+            f"## Generation (greedy answers to held-out prompts: {answered}; at most {config.max_new_tokens} tokens)",
             "",
             *generation_table(groups, generation_keys),
             "",
@@ -355,15 +424,15 @@ def write_report(config: CompareConfig, results: list[RunResult], points, output
     if config.beta_sweep:
         lines += sweep_section(config, results, output_dir, sets)
     else:
-        verdicts = [v for claim in paper_claims() if (v := claim.verdict(groups))]
-        lines += ["## Against the paper", ""]
-        lines += [f"- {v}" for v in verdicts] or ["- (none of the paper's pairwise claims involve these methods)"]
+        lines += ["## Against the paper", "", INTERVALS, "", *claims_table(groups), ""]
         lines += paper_number_lines(config, groups)
         lines.append("")
     figures = []
-    curves = curves_by_tag(groups, sets[0]) if sets else {}
+    curves = curves_by_tag(groups, config.analysis_set)
     if curves:
-        plot_accuracy_curves(curves, output_dir / "accuracy_over_steps.png", f"ranking accuracy on {sets[0]}")
+        plot_accuracy_curves(
+            curves, output_dir / "accuracy_over_steps.png", f"ranking accuracy on {config.analysis_set} (recipe size)"
+        )
         figures.append("![ranking accuracy over training steps](accuracy_over_steps.png)")
     if points:
         plot_gradient_weights(points, output_dir / "gradient_weights.png")

@@ -2,14 +2,16 @@
 
 Each run is an ordinary ``amapo train`` run (its folder holds its recipe, model and metrics); the report is
 built only from what those runs measured. Every method uses its own paper defaults for its loss options
-unless a beta sweep sets beta.
+unless a beta sweep sets beta. For a seed, every method trains on the same data in the same order, and every
+final model is scored on the same held-out pairs and answers the same prompts, so the report compares methods
+pair by pair (``amapo.compare.statistics``). The runs evaluate only the analysis set during training (the
+accuracy curves, at the recipe's size); the held-out sets are scored once, on the final model, at
+``--eval_pairs`` pairs each for the built-in task's sets.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +19,35 @@ import yaml
 from rich.console import Console
 
 from amapo.builtin import is_builtin, resolve_source
-from amapo.builtin.task import true_reward
-from amapo.compare.config import CompareConfig, RunResult
+from amapo.builtin.task import TaskSpec, true_reward
+from amapo.compare.config import RUNS_FILE, CompareConfig, RunResult, write_runs
 from amapo.compare.report import write_report
 from amapo.data import load_preference_dataset
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.evaluation.analysis import accuracy_curves_from_metrics
 from amapo.evaluation.checks import check_data_path
-from amapo.evaluation.scoring import compute_pair_logps, score_set, score_with_loss
+from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_set, score_with_loss
 from amapo.evaluation.sets import LoadedSet, given_sets, load_set, token_limits
+from amapo.losses import build_loss
 from amapo.model.generate import generate_responses
 from amapo.model.loading import load_model, load_tokenizer
-from amapo.run_files import accuracy_by_set
 from amapo.train.options import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args
 from amapo.train.preflight import dataset_sources
 from amapo.train.run import prepare_split, run_training
 
 
-def recipe_values(config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path) -> dict:
-    """This run's recipe: the shared one, loss options reset to the method's defaults, compare's schedule."""
+def recipe_values(
+    config: CompareConfig, method: str, seed: int, beta: float | None, run_dir: Path, all_sets: bool = False
+) -> dict:
+    """This run's recipe: the shared one, loss options reset to the method's defaults, compare's schedule. Its
+    only eval set is the analysis set (the accuracy curve; compare scores the held-out sets on the final model),
+    unless ``all_sets``."""
     values = {k: v for k, v in load_recipe(config.recipe).items() if k not in LOSS_OPTIONS}
+    curve_set = [e for e in values.get("eval_datasets") or [] if parse_named_set(e)[0] == config.analysis_set]
     values.update(
+        eval_datasets=values.get("eval_datasets") if all_sets else curve_set,
         method=method,
         seed=seed,
         output_dir=str(run_dir),
@@ -87,6 +95,8 @@ def check_compare(config: CompareConfig):
                     train_config = parse_recipe(values, Path(tmp))
                 except UserError as err:
                     raise UserError(f"--recipe {config.recipe} for the {run_tag(method, beta)} runs: {err}") from None
+        values = recipe_values(config, method, config.seeds[0], beta, output_dir / "runs" / "check", all_sets=True)
+        train_config = parse_recipe(values, Path(tmp))  # what the runs share, with every held-out set
     try:
         for option in ("model_name_or_path", "ref_model_name_or_path"):
             check_local_path(option, getattr(train_config, option))
@@ -106,7 +116,22 @@ def check_compare(config: CompareConfig):
             )
     for eval_set in given_sets("eval_datasets", config.eval_datasets):
         check_data_path(eval_set.label, eval_set.source)
+    scored_sets(config, train_config)  # --eval_pairs fits the built-in pools
     return train_config
+
+
+def scored_sets(config: CompareConfig, train_config) -> dict[str, tuple[str, str]]:
+    """The recipe's held-out sets as compare scores them, name -> (source, split): a built-in set's first
+    ``--eval_pairs`` pairs, any other set whole (as the recipe names it)."""
+    pool = TaskSpec().eval_pool
+    if any(is_builtin(parse_named_set(e)[1]) for e in train_config.eval_datasets) and config.eval_pairs > pool:
+        raise UserError(
+            f"--eval_pairs {config.eval_pairs}: the built-in held-out sets hold {pool} pairs each; give at most {pool}"
+        )
+    sets = {}
+    for name, source, split in map(parse_named_set, train_config.eval_datasets):
+        sets[name] = (source, f"train[:{config.eval_pairs}]") if is_builtin(source) else (source, split)
+    return sets
 
 
 def load_benchmark_sets(config: CompareConfig, train_config) -> dict[str, LoadedSet]:
@@ -132,51 +157,100 @@ def run_recipe(config: CompareConfig, method: str, seed: int, beta: float | None
     return train_config, run_training(train_config)
 
 
+def tokenize_sets(sets: dict[str, tuple[str, str]], train_config, needs_offsets: bool) -> dict:
+    """Every held-out set read and tokenized once for all runs (they share the base model's tokenizer)."""
+    tokenizer = load_tokenizer(resolve_source(train_config.model_name_or_path))
+    return {
+        name: prepare_split(src, split, tokenizer, train_config, needs_offsets) for name, (src, split) in sets.items()
+    }
+
+
+def score_sets(
+    model, tokenized: dict, loss_fn, train_config, pad_token_id: int, ref_model=None
+) -> dict[str, PairScores]:
+    """Each held-out set scored by ``loss_fn``; AMaPO's statistics over batches of the training batch size."""
+    out = {}
+    for name, dataset in tokenized.items():
+        logps = compute_pair_logps(
+            model,
+            dataset,
+            pad_token_id=pad_token_id,
+            batch_size=train_config.per_device_eval_batch_size,
+            ref_model=ref_model,
+        )
+        out[name] = score_with_loss(logps, loss_fn, train_config.per_device_train_batch_size)
+    return out
+
+
+def bits(ranked: np.ndarray) -> str:
+    """Pairs ranked right as a string of 0 and 1, in set order: compact in ``runs.json``, read by the report."""
+    return "".join("1" if right else "0" for right in ranked)
+
+
+def score_base(train_config, tokenized: dict) -> dict:
+    """The initial policy ranked by mean log-prob (the reward of SimPO and AMaPO), once for the comparison."""
+    source = resolve_source(train_config.model_name_or_path)
+    model, tokenizer = load_model(source), load_tokenizer(source)
+    scores = score_sets(model, tokenized, build_loss("simpo"), train_config, tokenizer.pad_token_id)
+    return {
+        "accuracy": {name: s.accuracy() for name, s in scores.items()},
+        "ranked_right": {name: bits(s.ranked_correctly) for name, s in scores.items()},
+    }
+
+
 def measure_run(
-    config: CompareConfig, train_config, run_dir: Path, benchmark_sets: dict[str, LoadedSet]
-) -> tuple[dict, dict, tuple, dict]:
-    """Gradient indicators on the analysis set, generation metrics and the ``--eval_datasets`` numbers, from the
-    saved model."""
+    config: CompareConfig, train_config, run_dir: Path, sets: dict, tokenized: dict, benchmark_sets: dict
+) -> dict:
+    """Everything the report reads of one trained model: accuracy and pairs ranked right per held-out set, gradient
+    indicators on the analysis set, generation metrics per prompt, and the ``--eval_datasets`` numbers."""
     tokenizer = load_tokenizer(str(run_dir))
     model = load_model(str(run_dir))
     loss_fn = train_config.build_loss()
     ref_model = None
     if loss_fn.needs_reference:
         ref_model = load_model(resolve_source(train_config.model_name_or_path))
-    sets = {name: (source, split) for name, source, split in map(parse_named_set, train_config.eval_datasets)}
-    source, split = sets[config.analysis_set]
-    tokenized = prepare_split(source, split, tokenizer, train_config, loss_fn.needs_offsets)
-    batch = train_config.per_device_train_batch_size  # AMaPO's statistics over a training-sized batch
-    logps = compute_pair_logps(
-        model, tokenized, pad_token_id=tokenizer.pad_token_id, batch_size=batch, ref_model=ref_model
-    )
-    scores = score_with_loss(logps, loss_fn, batch)
+    scores = score_sets(model, tokenized, loss_fn, train_config, tokenizer.pad_token_id, ref_model)
+    analysis = scores[config.analysis_set]
+    batch = train_config.per_device_train_batch_size
     benchmarks = {
         name: score_set(
             model, loaded, loss_fn, pad_token_id=tokenizer.pad_token_id, batch_size=batch, ref_model=ref_model
         ).metrics
         for name, loaded in benchmark_sets.items()
     }
-    generation = {}
+    generation, per_prompt = {}, {}
     if config.generate:
         for name in config.generation_sets:
             source, split = sets[name]
             prompts = list(load_preference_dataset(resolve_source(source), split=split)["prompt"])
             prompts = prompts[: config.max_generations]
             answers = generate_responses(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, batch_size=64)
-            lengths = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in answers]
-            generation[f"{name}/length"] = float(np.mean(lengths))
+            per_prompt[f"{name}/length"] = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in answers]
             if is_builtin(source):
-                generation[f"{name}/true_reward"] = float(
-                    np.mean([true_reward(p, a) for p, a in zip(prompts, answers, strict=True)])
-                )
-    return scores.gradient_indicators(), generation, (scores.scores, scores.grad_weights), benchmarks
+                per_prompt[f"{name}/true_reward"] = [
+                    round(true_reward(p, a), 6) for p, a in zip(prompts, answers, strict=True)
+                ]
+        generation = {key: float(np.mean(values)) for key, values in per_prompt.items()}
+    return {
+        "accuracy": {name: s.accuracy() for name, s in scores.items()},
+        "ranked_right": {name: bits(s.ranked_correctly) for name, s in scores.items()},
+        "gradient": analysis.gradient_indicators(),
+        "generation": generation,
+        "per_prompt": per_prompt,
+        "benchmarks": benchmarks,
+        "points": (analysis.scores, analysis.grad_weights),
+    }
 
 
 def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     """Train and measure every (method, beta, seed), then write the report; returns the report file."""
     console = console or Console()
-    benchmark_sets = load_benchmark_sets(config, check_compare(config))
+    train_config = check_compare(config)
+    benchmark_sets = load_benchmark_sets(config, train_config)
+    sets = scored_sets(config, train_config)
+    needs_offsets = any(build_loss(m).needs_offsets for m in config.methods)
+    tokenized = tokenize_sets(sets, train_config, needs_offsets)
+    base = score_base(train_config, tokenized)
     output_dir = Path(config.output_dir)
     betas: list[float | None] = list(config.beta_sweep) or [None]
     results: list[RunResult] = []
@@ -187,12 +261,11 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
                 tag = run_tag(method, beta)
                 run_dir = output_dir / "runs" / f"{tag}-seed{seed}"
                 console.print(f"[bold]compare[/bold]: training {tag}, seed {seed}")
-                train_config, trained = run_recipe(config, method, seed, beta, run_dir)
-                gradient, generation, pair_points, benchmarks = measure_run(
-                    config, train_config, run_dir, benchmark_sets
-                )
+                run_config, _ = run_recipe(config, method, seed, beta, run_dir)
+                measured = measure_run(config, run_config, run_dir, sets, tokenized, benchmark_sets)
                 if seed == config.seeds[0]:
-                    points[tag] = pair_points
+                    points[tag] = measured.pop("points")
+                measured.pop("points", None)
                 curves = accuracy_curves_from_metrics(run_dir / "metrics.jsonl")
                 results.append(
                     RunResult(
@@ -200,16 +273,12 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
                         seed=seed,
                         beta=beta,
                         run_dir=str(run_dir),
-                        accuracy=accuracy_by_set(trained.eval_after),
-                        accuracy_before=accuracy_by_set(trained.eval_before),
-                        gradient=gradient,
-                        generation=generation,
                         curve={k: np.stack(v, axis=1).tolist() for k, v in curves.items()},
-                        benchmarks=benchmarks,
+                        **measured,
                     )
                 )
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "runs.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    report = write_report(config, results, points, output_dir)
+    write_runs(output_dir / RUNS_FILE, config, base, results)
+    report = write_report(config, results, base, points, output_dir)
     console.print(f"report: {report}")
     return report
