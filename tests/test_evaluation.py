@@ -236,7 +236,8 @@ def test_amapo_compare_writes_the_report(tmp_path):
     row = next(
         line for line in report.splitlines() if line.startswith("| AMaPO ranks held-out pairs better than SimPO")
     )
-    assert f"| {expected.interval_text} | 3 seeds x 40 items |" in row and f"**{expected.verdict}**" in row
+    over = f"3 seeds x 40 items ({100 * expected.seed_share:.0f}% of the variance from seeds)"
+    assert f"| {expected.interval_text} | {over} |" in row and f"**{expected.verdict}**" in row
     # the benchmark sets: their own tables, and the paper's RM-Bench and OOD numbers beside ours
     assert "## Benchmark sets" in report and "### rmb" in report and "### response_ood" in report
     hard = [r["benchmarks"]["rmb"]["rm_bench/hard"] for r in runs if r["method"] == "amapo"]

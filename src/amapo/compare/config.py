@@ -32,6 +32,14 @@ class CompareConfig:
         },
     )
     recipe: str = field(default="builtin", metadata={"help": "Training recipe shared by all runs (path or name)."})
+    workers: int = field(
+        default=2,
+        metadata={
+            "help": "Runs trained at once, each in a process of its own with one thread (on 2 CPU cores, 2 "
+            "workers train about 1.85x as fast as one run with 2 threads). 1: one run at a time, in this "
+            "process, with torch's own thread count (on a GPU, give 1)."
+        },
+    )
     beta_sweep: list[float] = field(
         default_factory=list, metadata={"help": "Betas to sweep (sweep mode: each method x beta x seed)."}
     )
@@ -83,7 +91,7 @@ class CompareConfig:
             raise UserError(f"--beta_sweep lists a beta twice: {' '.join(f'{b:g}' for b in self.beta_sweep)}")
         if self.max_steps != -1 and self.max_steps < 1:
             raise UserError(f"--max_steps must be -1 (the recipe's budget) or >= 1, got {self.max_steps}")
-        for option in ("eval_steps", "eval_pairs", "max_generations", "max_new_tokens"):
+        for option in ("eval_steps", "eval_pairs", "max_generations", "max_new_tokens", "workers"):
             check_number(option, getattr(self, option), ">= 1")
         check_named_sets("eval_datasets", self.eval_datasets)
 

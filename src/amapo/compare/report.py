@@ -110,7 +110,9 @@ class Claim:
         if diff is None:
             return None
         sign = "" if self.higher_is_better else " (lower is better: b - a)"
-        over = f"{len(diff.per_seed)} seeds x {diff.items} items" if diff.items else f"{len(diff.per_seed)} seeds"
+        over = f"{len(diff.per_seed)} seeds"
+        if diff.items:
+            over += f" x {diff.items} items ({100 * diff.seed_share:.0f}% of the variance from seeds)"
         per_seed = " ".join(f"{d:+.3f}" for d in diff.per_seed)
         return f"| {self.text} | {self.key}{sign} | {diff.interval_text} | {over} | {per_seed} | **{diff.verdict}** |"
 
@@ -357,7 +359,8 @@ INTERVALS = (
     "Welch-Satterthwaite degrees of freedom); for a per-run metric (the gradient indicators) it is the paired "
     "t-interval over seeds. **agrees**: the interval lies on the paper's side of 0; **disagrees**: on the other side; "
     "**cannot tell at this size**: it contains 0, and its half-width is the difference this size resolves "
-    "(`--seeds`, `--eval_pairs`, `--max_generations` to narrow it). Per seed: the difference in each seed."
+    "(`--seeds`, `--eval_pairs`, `--max_generations` to narrow it; the share of the variance from seeds says "
+    "which helps more). Per seed: the difference in each seed."
 )
 
 
@@ -424,7 +427,12 @@ def write_report(
     if config.beta_sweep:
         lines += sweep_section(config, results, output_dir, sets)
     else:
-        lines += ["## Against the paper", "", INTERVALS, "", *claims_table(groups), ""]
+        one_seed = (
+            ["With one seed the intervals cover the held-out items only, not the training randomness: give `--seeds` "
+             "at least 2 for a verdict on the methods rather than on this one training order.", ""]
+            if len(config.seeds) == 1 else []
+        )  # fmt: skip
+        lines += ["## Against the paper", "", INTERVALS, "", *one_seed, *claims_table(groups), ""]
         lines += paper_number_lines(config, groups)
         lines.append("")
     figures = []

@@ -242,41 +242,88 @@ def measure_run(
     }
 
 
+def train_and_measure(config: CompareConfig, method: str, seed: int, beta: float | None, shared: dict) -> dict:
+    """One (method, beta, seed) run, trained and measured: the fields of its ``RunResult`` and its gradient points.
+    ``shared``: the held-out sets (``sets``, ``tokenized``) and ``benchmark_sets``, read once per process."""
+    run_dir = Path(config.output_dir) / "runs" / f"{run_tag(method, beta)}-seed{seed}"
+    run_config, _ = run_recipe(config, method, seed, beta, run_dir)
+    measured = measure_run(config, run_config, run_dir, shared["sets"], shared["tokenized"], shared["benchmark_sets"])
+    curves = accuracy_curves_from_metrics(run_dir / "metrics.jsonl")
+    curve = {k: np.stack(v, axis=1).tolist() for k, v in curves.items()}
+    return {"method": method, "seed": seed, "beta": beta, "run_dir": str(run_dir), "curve": curve, **measured}
+
+
+def shared_inputs(config: CompareConfig, train_config) -> dict:
+    """What every run of a comparison scores on: the held-out sets, tokenized, and the ``--eval_datasets`` sets."""
+    sets = scored_sets(config, train_config)
+    needs_offsets = any(build_loss(m).needs_offsets for m in config.methods)
+    return {
+        "sets": sets,
+        "tokenized": tokenize_sets(sets, train_config, needs_offsets),
+        "benchmark_sets": load_benchmark_sets(config, train_config),
+    }
+
+
+_WORKER: dict = {}  # a worker process's shared inputs, read on its first run
+
+
+def worker_job(config: CompareConfig, method: str, seed: int, beta: float | None) -> dict:
+    """A run in a worker process: one thread (every worker, any machine: the same arithmetic), output to the run's
+    ``compare.log`` so that parallel runs do not interleave on the terminal."""
+    import contextlib
+
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir = Path(config.output_dir) / "runs" / f"{run_tag(method, beta)}-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "compare.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        if not _WORKER:
+            _WORKER.update(shared_inputs(config, check_compare(config)))
+        return train_and_measure(config, method, seed, beta, _WORKER)
+
+
+def run_jobs(config: CompareConfig, jobs: list[tuple], shared: dict, console: Console) -> list[dict]:
+    """Every job, in order: in this process with ``--workers 1``, else over that many worker processes."""
+    if config.workers == 1:
+        out = []
+        for method, seed, beta in jobs:
+            console.print(f"[bold]compare[/bold]: training {run_tag(method, beta)}, seed {seed}")
+            out.append(train_and_measure(config, method, seed, beta, shared))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    console.print(f"[bold]compare[/bold]: {len(jobs)} runs over {config.workers} worker processes (one thread each; "
+                  f"each run's output in its folder's compare.log)")  # fmt: skip
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+        futures = {pool.submit(worker_job, config, *job): i for i, job in enumerate(jobs)}
+        out: list = [None] * len(jobs)
+        for done, future in enumerate(as_completed(futures), 1):
+            out[futures[future]] = future.result()
+            method, seed, beta = jobs[futures[future]]
+            console.print(f"[bold]compare[/bold]: {done}/{len(jobs)} done ({run_tag(method, beta)}, seed {seed})")
+    return out
+
+
 def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     """Train and measure every (method, beta, seed), then write the report; returns the report file."""
     console = console or Console()
     train_config = check_compare(config)
-    benchmark_sets = load_benchmark_sets(config, train_config)
-    sets = scored_sets(config, train_config)
-    needs_offsets = any(build_loss(m).needs_offsets for m in config.methods)
-    tokenized = tokenize_sets(sets, train_config, needs_offsets)
-    base = score_base(train_config, tokenized)
+    shared = shared_inputs(config, train_config)
+    base = score_base(train_config, shared["tokenized"])
     output_dir = Path(config.output_dir)
     betas: list[float | None] = list(config.beta_sweep) or [None]
+    jobs = [(method, seed, beta) for method in config.methods for beta in betas for seed in config.seeds]
     results: list[RunResult] = []
     points: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for method in config.methods:
-        for beta in betas:
-            for seed in config.seeds:
-                tag = run_tag(method, beta)
-                run_dir = output_dir / "runs" / f"{tag}-seed{seed}"
-                console.print(f"[bold]compare[/bold]: training {tag}, seed {seed}")
-                run_config, _ = run_recipe(config, method, seed, beta, run_dir)
-                measured = measure_run(config, run_config, run_dir, sets, tokenized, benchmark_sets)
-                if seed == config.seeds[0]:
-                    points[tag] = measured.pop("points")
-                measured.pop("points", None)
-                curves = accuracy_curves_from_metrics(run_dir / "metrics.jsonl")
-                results.append(
-                    RunResult(
-                        method=method,
-                        seed=seed,
-                        beta=beta,
-                        run_dir=str(run_dir),
-                        curve={k: np.stack(v, axis=1).tolist() for k, v in curves.items()},
-                        **measured,
-                    )
-                )
+    for measured in run_jobs(config, jobs, shared, console):
+        tag = run_tag(measured["method"], measured["beta"])
+        gradient_points = measured.pop("points")
+        if measured["seed"] == config.seeds[0]:
+            points[tag] = gradient_points
+        results.append(RunResult(**measured))
     output_dir.mkdir(parents=True, exist_ok=True)
     write_runs(output_dir / RUNS_FILE, config, base, results)
     report = write_report(config, results, base, points, output_dir)

@@ -45,6 +45,12 @@ class PairedDifference:
     high: float
     per_seed: tuple[float, ...]  # the difference within each seed
     items: int | None  # held-out items per seed; None for a per-run metric
+    seed_share: float = 1.0  # the seeds' share of the variance (per-item metrics; the rest is the items')
+
+    @property
+    def wider_by(self) -> str:
+        """What narrows the interval most: more seeds or more items."""
+        return "seeds" if self.seed_share >= 0.5 else "items"
 
     @property
     def half_width(self) -> float:
@@ -90,8 +96,9 @@ def paired_difference(a, b, higher_is_better: bool = True) -> PairedDifference:
     item_term = float(diff.mean(axis=0).var(ddof=1)) / items if items > 1 else 0.0
     variance = seed_term + item_term
     if variance == 0.0:  # every seed and item gives the same difference
-        return PairedDifference(estimate, estimate, estimate, tuple(per_seed.tolist()), items)
+        return PairedDifference(estimate, estimate, estimate, tuple(per_seed.tolist()), items, 0.0)
     dof_parts = (seed_term**2 / (seeds - 1) if seeds > 1 else 0.0) + (item_term**2 / (items - 1) if items > 1 else 0.0)
     dof = variance**2 / dof_parts
     half = t_quantile(dof) * math.sqrt(variance)
-    return PairedDifference(estimate, estimate - half, estimate + half, tuple(per_seed.tolist()), items)
+    share = seed_term / variance
+    return PairedDifference(estimate, estimate - half, estimate + half, tuple(per_seed.tolist()), items, share)
