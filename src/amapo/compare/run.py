@@ -45,9 +45,11 @@ def recipe_values(
     only eval set is the analysis set (the accuracy curve; compare scores the held-out sets on the final model),
     unless ``all_sets``."""
     values = {k: v for k, v in load_recipe(config.recipe).items() if k not in LOSS_OPTIONS}
-    curve_set = [e for e in values.get("eval_datasets") or [] if parse_named_set(e)[0] == config.analysis_set]
+    if not all_sets:  # a recipe without eval sets keeps its own default either way
+        values["eval_datasets"] = [
+            e for e in values.get("eval_datasets") or [] if parse_named_set(e)[0] == config.analysis_set
+        ]
     values.update(
-        eval_datasets=values.get("eval_datasets") if all_sets else curve_set,
         method=method,
         seed=seed,
         output_dir=str(run_dir),
