@@ -48,11 +48,6 @@ class PairedDifference:
     seed_share: float = 1.0  # the seeds' share of the variance (per-item metrics; the rest is the items')
 
     @property
-    def wider_by(self) -> str:
-        """What narrows the interval most: more seeds or more items."""
-        return "seeds" if self.seed_share >= 0.5 else "items"
-
-    @property
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
