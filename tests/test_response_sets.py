@@ -5,6 +5,8 @@ against the plain pairs path, and every bad row as one line naming file, row and
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +213,21 @@ def test_bad_rm_bench_rows_are_one_line_before_the_model_loads(
     assert error_line(capsys, "eval").startswith(f"--datasets rmb={bench}@train: {expected}")
 
 
+def test_a_bad_rm_bench_file_prints_exactly_one_line(trained_model, tmp_path):
+    """The whole stderr of the command is the error: no "Generating train split" bar from ``datasets`` before it."""
+    rows = rm_bench_rows(6)
+    rows[3]["chosen"] = rows[3]["chosen"][:2]
+    bench = tmp_path / "rmb.json"
+    bench.write_text(json.dumps(rows))
+    command = [sys.executable, "-m", "amapo.cli", "eval", "--model_name_or_path", str(trained_model), "--datasets"]
+    done = subprocess.run([*command, f"rmb={bench}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"amapo eval: error: --datasets rmb={bench}@train: row 3, field 'chosen': RM-Bench rows hold 3 responses "
+        "(concise, plain, markdown), got 2"
+    ]
+
+
 def test_bad_scored_rows_and_forced_formats_are_one_line(trained_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(eval_module, "load_models", lambda *a, **k: pytest.fail("the model loaded first"))
     rows = scored_rows()
@@ -252,6 +269,16 @@ def test_shorthands_name_the_papers_sets():
         check_named_sets("datasets", ["rm-robustness", "in_distribution=./a.jsonl"])
     with pytest.raises(UserError, match="or rm-bench or rm-robustness, got 'rmbench'"):
         check_named_sets("datasets", ["rmbench"])
+
+
+def test_a_misspelt_format_is_named_with_the_closest_one(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match=r"'rm-bnch' is not a set format \(did you mean rm-bench:\?\)"):
+        check_named_sets("datasets", ["x=rm-bnch:./rmb.json"])
+    with pytest.raises(UserError, match=r"did you mean scored-responses:\?"):
+        check_named_sets("datasets", ["x=scored-response:./ood.jsonl@train[:5]"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pair:s.jsonl").write_text("")  # a file whose name only looks like FORMAT:SOURCE is a file
+    check_named_sets("datasets", ["x=pair:s.jsonl", "y=org/pair:x", "z=rm-bench:./rmb.json"])
 
 
 def test_analyze_refuses_an_rm_bench_set(trained_model, tmp_path, capsys):

@@ -9,6 +9,8 @@ schema over all of them, then again to write the table with that schema.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -44,6 +46,19 @@ def _rows(path: str, columns: tuple[str, ...], size: int, mtime_ns: int, code_ve
         yield {column: row.get(column) for column in columns}  # a key missing from a row is a null
 
 
+@contextmanager
+def datasets_progress_hidden() -> Iterator[None]:
+    """Hide ``datasets``' "Generating train split" bar: the rows were just read and checked, and a bar printed
+    before a one-line data error would make it two lines."""
+    was_hidden = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_hidden:
+            datasets.enable_progress_bars()
+
+
 def json_dataset(path: Path) -> datasets.Dataset:
     """The rows of a local JSON / JSONL file as a Dataset; a problem names the file and line (``reading``).
 
@@ -54,7 +69,8 @@ def json_dataset(path: Path) -> datasets.Dataset:
     kwargs = {"path": str(path.absolute()), "columns": tuple(features), "size": stat.st_size}
     kwargs |= {"mtime_ns": stat.st_mtime_ns, "code_version": SOURCE_DIGEST}
     try:
-        return datasets.Dataset.from_generator(_rows, features=features, gen_kwargs=kwargs)
+        with datasets_progress_hidden():
+            return datasets.Dataset.from_generator(_rows, features=features, gen_kwargs=kwargs)
     except datasets.exceptions.DatasetGenerationError as err:
         cause = err.__cause__ or err.__context__
         if isinstance(cause, UserError):  # ours, naming file and line (the file changed since it was typed)

@@ -8,8 +8,10 @@ public sets the AMaPO paper reports (``SHORTHANDS``): ``rm-bench`` and ``rm-robu
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -74,6 +76,15 @@ def split_format(source: str) -> tuple[str, str]:
     return (kind, rest) if colon and kind in SET_FORMATS else (AUTO, source)
 
 
+def misspelt_format(source: str) -> str | None:
+    """The known format that the 'WORD:' before ``source`` looks like a typo of, unless ``source`` exists as is."""
+    word, colon, _ = source.partition(":")
+    if not colon or "/" in word or Path(source).expanduser().exists():
+        return None
+    close = difflib.get_close_matches(word, SET_FORMATS, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def expand_shorthands(entries: list[str]) -> list[str]:
     """Each shorthand (``SHORTHANDS``) replaced by the NAME=SOURCE@SPLIT entries it stands for."""
     return [expanded for entry in entries for expanded in SHORTHANDS.get(entry, [entry])]
@@ -92,6 +103,11 @@ def check_named_sets(option: str, entries: list[str]) -> None:
         kind, rest = split_format(source)
         if not rest:
             raise UserError(f"--{option} {entry}: no source after {kind}:")
+        if kind == AUTO and (close := misspelt_format(source)):
+            raise UserError(
+                f"--{option} {entry}: {source.partition(':')[0]!r} is not a set format (did you mean {close}:?); "
+                f"the formats are {', '.join(SET_FORMATS)}"
+            )
         if name in names:
             raise UserError(f"--{option} names the set {name!r} twice: give each set its own name")
         names.add(name)
