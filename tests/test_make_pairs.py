@@ -8,12 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
 import amapo.onpolicy.run as run_module
 from amapo.cli import main
+from amapo.errors import UserError
 from amapo.onpolicy.prompts import read_prompts
 from amapo.onpolicy.sampling import answer_seed
 from amapo.onpolicy.selection import DROP_EMPTY, DROP_TIED, select_pair, select_pairs
@@ -238,3 +240,98 @@ def test_bad_inputs_are_one_line_before_the_policy_loads(tmp_path, capsys, no_po
     assert main([*base, "--prompts", "builtin:reverse", "--top_p", "0"]) == 2
     assert error_line(capsys) == "--top_p must be in (0, 1], got 0.0"
     assert not out.exists() and not (tmp_path / "pairs.jsonl.shards").exists()
+
+
+# --- the vLLM engine, through a stand-in for vllm (no GPU here) ---------------------------------------------------
+
+FAKE_VLLM = '''
+"""A stand-in for vllm's LLM and SamplingParams: answer k of "reverse: WORD =" is the first k + 1 letters of the
+reversed word, the first answer cut at max_tokens; every engine start and request is logged to $FAKE_VLLM_LOG."""
+import json, os
+from types import SimpleNamespace
+
+from transformers import AutoTokenizer
+
+def log(record):
+    with open(os.environ["FAKE_VLLM_LOG"], "a") as f:
+        f.write(json.dumps(record) + "\\n")
+
+class SamplingParams:
+    def __init__(self, **options):
+        self.options = options
+
+class LLM:
+    def __init__(self, model, **options):
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        log({"start": model, **options, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()})
+
+    def generate(self, requests, params, use_tqdm=True):
+        outputs = []
+        for request, p in zip(requests, params):
+            log({"prompt_token_ids": request["prompt_token_ids"], **p.options})
+            word = self.tokenizer.decode(request["prompt_token_ids"]).split("reverse: ")[1].split(" =")[0]
+            answers = [SimpleNamespace(text=" " + word[::-1][: k + 1] + " ", finish_reason="length" if k == 0
+                                       else "stop") for k in range(p.options["n"])]
+            outputs.append(SimpleNamespace(outputs=answers))
+        return outputs
+'''
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch) -> Path:
+    package = tmp_path / "fake" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.syspath_prepend(str(package.parent))  # the spawned child gets the parent's sys.path
+    log = tmp_path / "vllm-log.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return log
+
+
+def test_vllm_samples_in_its_own_process_with_the_mapped_settings(tmp_path, capsys, fake_vllm, no_policy_loading):
+    from amapo.builtin import resolve_source
+    from amapo.builtin.task import true_reward
+    from amapo.model.generate import render_prompt
+    from amapo.model.loading import load_tokenizer
+
+    output = tmp_path / "pairs.jsonl"
+    args = make_pairs_args(output, "--engine", "vllm", "--keep_samples", "true", "--seed", "7")
+    assert main(args) == 0  # the policy never loads in transformers (no_policy_loading)
+    start, *requests = [json.loads(line) for line in fake_vllm.read_text().splitlines()]
+    assert start["start"] == resolve_source(POLICY) and start["seed"] == 7 and start["pid"] != os.getpid()
+    assert start["visible"] is None  # one process: every GPU stays visible
+    tokenizer = load_tokenizer(resolve_source(POLICY))
+    prompts = read_prompts("builtin:reverse/in_distribution", "train[:12]").prompts
+    assert len(requests) == 12
+    for index, (prompt, request) in enumerate(zip(prompts, requests, strict=True)):
+        text, templated = render_prompt(tokenizer, prompt)
+        assert request["prompt_token_ids"] == tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        assert request["n"] == 4 and request["max_tokens"] == 12 and request["seed"] == answer_seed(7, index, 0)
+        assert (request["temperature"], request["top_p"]) == (1.0, 0.95)
+        assert request["stop_token_ids"] == [tokenizer.eos_token_id]
+    pairs = read_pairs(output)
+    assert len(pairs) == 12
+    for pair in pairs:
+        answers = pair["all_generated_responses"]
+        reverse = pair["prompt"].split("reverse: ")[1].split(" =")[0][::-1]
+        assert answers == [reverse[:1], reverse[:2], reverse[:3], reverse[:4]]  # stripped, as transformers' answers
+        assert pair["all_rm_scores"] == [true_reward(pair["prompt"], a) for a in answers]
+        assert (pair["chosen"], pair["rejected"]) == (answers[3], answers[1])  # answers[0] was cut: never paired
+    assert "engine: vllm" in capsys.readouterr().out
+
+
+def test_vllm_engine_needs_vllm_and_each_process_gets_its_own_gpu(tmp_path, capsys, monkeypatch, no_policy_loading):
+    from amapo.onpolicy.sampling import gpu_of_local_rank
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    out = tmp_path / "pairs.jsonl"
+    assert main(make_pairs_args(out, "--engine", "vllm")) == 2
+    assert error_line(capsys) == (
+        "--engine vllm: vLLM is not installed; pip install 'amapo[vllm]' (it needs a GPU), or use --engine transformers"
+    )
+    assert not out.exists() and not (tmp_path / "pairs.jsonl.settings.json").exists()
+    assert gpu_of_local_rank(1, None) == "1"
+    assert gpu_of_local_rank(1, "4, 6") == "6"
+    with pytest.raises(UserError, match="process 2 of this machine has no GPU of its own"):
+        gpu_of_local_rank(2, "4,6")

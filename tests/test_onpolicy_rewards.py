@@ -339,3 +339,93 @@ def test_pairwise_default_template_runs_through_the_chat_template(models):
     scores = scorer.score(PROMPTS[:2], SAMPLES[:2])
     for row in scores:
         assert all(0 < s < 1 for s in row) and sum(row) == pytest.approx(len(row) / 2)
+
+
+# ------------------------------------------------------------------------------------------------ remote code
+
+ARMO_CODE = '''
+"""An ArmoRM-shaped reward model (RLHFlow/ArmoRM-Llama3-8B-v0.1, modeling_custom.py): its own class, found through
+auto_map, reading the token before the first pad (right padding) and returning .score (and logits = score), 1-D."""
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaModel, LlamaPreTrainedModel
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class CustomOutput(ModelOutput):
+    rewards: torch.FloatTensor | None = None
+    score: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+class LlamaForRewardModelWithGating(LlamaPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.regression_layer = torch.nn.Linear(config.hidden_size, 4, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = (torch.eq(input_ids, self.config.pad_token_id).int().argmax(-1) - 1) % input_ids.shape[-1]
+        rewards = self.regression_layer(hidden[torch.arange(len(input_ids)), last])
+        score = rewards @ torch.tensor([0.1, 0.2, 0.3, 0.4])
+        return CustomOutput(rewards=rewards, score=score, logits=score)
+'''
+
+
+@pytest.fixture(scope="module")
+def armo_model(tmp_path_factory) -> str:
+    import importlib.util
+
+    from transformers import LlamaConfig
+
+    folder = tmp_path_factory.mktemp("armo")
+    (folder / "modeling_custom.py").write_text(ARMO_CODE)
+    spec = importlib.util.spec_from_file_location("armo_modeling_custom", folder / "modeling_custom.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tokenizer = build_byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, pad_token_id=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        auto_map={"AutoModelForSequenceClassification": "modeling_custom.LlamaForRewardModelWithGating"},
+    )  # fmt: skip
+    torch.manual_seed(3)
+    module.LlamaForRewardModelWithGating(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_an_armo_shaped_remote_code_model_scores_by_its_score(armo_model, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    with pytest.raises(UserError, match=r"brings its own classifier code .* pass --trust_remote_code true$"):
+        check_reward(RewardSpec(armo_model, reward_index="score"))
+    spec = RewardSpec(armo_model, reward_index="score", trust_remote_code=True, batch_size=2)
+    assert check_reward(spec).endswith("reading .score)")
+    scores = load_reward(spec, device="cpu").score(PROMPTS, SAMPLES)
+    # the reference: ArmoRM's own usage, one unpadded conversation per forward
+    tokenizer = AutoTokenizer.from_pretrained(armo_model)
+    model = AutoModelForSequenceClassification.from_pretrained(armo_model, trust_remote_code=True).eval()
+    for prompt, answers, got in zip(PROMPTS, SAMPLES, scores, strict=True):
+        for answer, value in zip(answers, got, strict=True):
+            text = tokenizer.apply_chat_template(_conversation(prompt, answer), tokenize=False)
+            ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+            with torch.no_grad():
+                assert value == pytest.approx(model(ids).score.item(), abs=1e-5)
+    # and through the command
+    from amapo.cli import main
+
+    out = tmp_path / "pairs.jsonl"
+    argv = ["make-pairs", "--model_name_or_path", "builtin:tiny-llama", "--prompts", "builtin:reverse",
+            "--prompts_split", "train[:4]", "--num_samples", "3", "--max_new_tokens", "8", "--temperature", "1.0",
+            "--reward", armo_model, "--reward_index", "score", "--output", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith("pass --trust_remote_code true")
+    assert main([*argv, "--trust_remote_code", "true"]) == 0
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert pairs and all(p["score_chosen"] > p["score_rejected"] for p in pairs)

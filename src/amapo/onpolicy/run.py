@@ -2,7 +2,8 @@
 
 Three phases, each resumable (``amapo.onpolicy.shards``):
 
-1. sample: K answers per prompt from the policy (``sampling``), one shard per batch of prompts;
+1. sample: K answers per prompt from the policy (``sampling``; vLLM in a child process of its own), one shard per
+   batch of prompts;
 2. score: every answer scored by the reward (``rewards``), once the policy is freed;
 3. select and merge: the highest-scoring answer chosen, the lowest rejected (``selection``), one JSON Lines file
    that ``amapo train`` reads, written whole; then the shards are removed.
@@ -31,7 +32,16 @@ from amapo.evaluation.checks import check_model_path, check_number
 from amapo.files import write_atomically
 from amapo.onpolicy.prompts import PROMPT_FORMATS, PromptSet, read_prompts
 from amapo.onpolicy.rewards import RewardSpec, check_reward, load_reward
-from amapo.onpolicy.sampling import ENGINES, SamplingSettings, VllmSampler, pick_engine, sample_with_transformers
+from amapo.onpolicy.sampling import (
+    ENGINES,
+    SamplingSettings,
+    VllmJob,
+    choose_engine,
+    gpu_of_local_rank,
+    sample_in_vllm_process,
+    sample_rows,
+    sample_with_transformers,
+)
 from amapo.onpolicy.selection import select_pairs
 from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
 
@@ -130,6 +140,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     state: object = None
+    local_rank: int = 0  # among the processes of this machine
 
     @classmethod
     def from_environment(cls) -> Ranks:
@@ -138,7 +149,7 @@ class Ranks:
         from accelerate import PartialState
 
         state = PartialState()
-        return cls(state.process_index, state.num_processes, state)
+        return cls(state.process_index, state.num_processes, state, state.local_process_index)
 
     def wait(self) -> None:
         if self.state is not None:
@@ -215,7 +226,9 @@ def run_make_pairs(config: MakePairsConfig, console: Console | None = None) -> P
             "template to render them: pass --chat_template (Jinja text or a .jinja file)"
         )
     output = Path(config.output).expanduser()
-    engine = pick_engine(config.engine)
+    engine = choose_engine(config.engine)
+    if engine == "vllm" and ranks.world > 1:  # one GPU per process, refused now rather than after sampling starts
+        gpu_of_local_rank(ranks.local_rank, os.environ.get("CUDA_VISIBLE_DEVICES"))
     settings = recorded_settings(config, prompts, tokenizer, engine, config.reward)
     if check_settings(output, settings):
         say(console, ranks, f"amapo make-pairs: {output} is complete for these settings: nothing to do")
@@ -264,28 +277,25 @@ def sample_share(config, prompts: PromptSet, store: ShardStore, ranks: Ranks, po
     todo = [(i, p) for i, p in enumerate(prompts.prompts) if i % ranks.world == ranks.rank and i not in done]
     if not todo:
         return
+    if engine == "vllm":
+        job = VllmJob(policy_path, config.chat_template, config.sampling(), todo, str(store.output), ranks.rank,
+                      config.prompts_per_shard, show_progress=ranks.rank == 0)  # fmt: skip
+        sample_in_vllm_process(job, local_rank=ranks.local_rank if ranks.world > 1 else None)
+        return
     from amapo.model.generate import stop_token_ids
     from amapo.model.loading import load_model
 
     model = load_model(policy_path, device=ranks.device()).eval()
     stop_ids = stop_token_ids(model, tokenizer)
-    sampler = VllmSampler(policy_path, tokenizer, config.sampling(), stop_ids) if engine == "vllm" else None
     with progress_bar(console, "prompts", disable=ranks.rank != 0) as progress:
         task = progress.add_task("sampling", total=len(todo))
         for start in range(0, len(todo), config.prompts_per_shard):
             chunk = todo[start : start + config.prompts_per_shard]
-            if sampler is not None:
-                answers = sampler.sample(chunk)
-            else:
-                answers = sample_with_transformers(model, tokenizer, chunk, config.sampling(), config.batch_size,
-                                                   stop_ids)  # fmt: skip
-            rows = [
-                {"index": i, "prompt": p, "samples": [a.text for a in got], "finished": [a.finished for a in got]}
-                for (i, p), got in zip(chunk, answers, strict=True)
-            ]
-            store.write(SAMPLES, ranks.rank, rows)
+            answers = sample_with_transformers(model, tokenizer, chunk, config.sampling(), config.batch_size,
+                                               stop_ids)  # fmt: skip
+            store.write(SAMPLES, ranks.rank, sample_rows(chunk, answers))
             progress.advance(task, len(chunk))
-    del model, sampler
+    del model
     free_accelerator_memory()
 
 

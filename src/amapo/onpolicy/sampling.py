@@ -1,6 +1,12 @@
 """K answers per prompt from the policy: ``transformers`` ``generate`` (batched, left-padded), or vLLM when it is
 installed and a GPU is present.
 
+vLLM samples in a child process of its own (``sample_in_vllm_process``), for three reasons: the policy is then
+never also loaded by ``transformers`` (vLLM reserves most of the GPU's free memory when it starts); the child's
+exit frees all of vLLM's GPU memory before the reward model loads (vLLM has no reliable way to free it in the same
+process); and under ``accelerate launch`` each child sees only its own process's GPU (``CUDA_VISIBLE_DEVICES``),
+where vLLM would otherwise start every engine on the first GPU.
+
 Every answer has its own random stream: answer j of prompt i is drawn with a generator seeded by
 ``answer_seed(seed, i, j)`` (a hash of the three), so an answer does not depend on the batch it was drawn in, on
 the number of processes, or on a run being resumed: the same command gives the same answers. (vLLM draws with
@@ -13,8 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from amapo.errors import UserError
 
 if TYPE_CHECKING:
     from amapo.model.generate import Answer
@@ -37,16 +47,52 @@ def answer_seed(seed: int, prompt_index: int, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def vllm_usable() -> bool:
-    import torch
-
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
 
 
-def pick_engine(engine: str) -> str:
+def choose_engine(engine: str) -> str:
+    """``auto``: vLLM when it is installed and a GPU is present, else ``transformers``; ``vllm`` needs vLLM."""
     if engine == "auto":
-        return "vllm" if vllm_usable() else "transformers"
+        import torch
+
+        return "vllm" if vllm_installed() and torch.cuda.is_available() else "transformers"
+    if engine == "vllm" and not vllm_installed():
+        raise UserError(
+            "--engine vllm: vLLM is not installed; pip install 'amapo[vllm]' (it needs a GPU), or use --engine "
+            "transformers"
+        )
     return engine
+
+
+def policy_stop_ids(policy_path: str, tokenizer) -> list[int]:
+    """``stop_token_ids`` of the policy without loading its weights: its generation_config.json, else the
+    generation settings transformers derives from its config.json."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    from amapo.model.generate import stop_token_ids
+
+    try:
+        generation = GenerationConfig.from_pretrained(policy_path)
+    except OSError:  # no generation_config.json
+        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(policy_path))
+    return stop_token_ids(SimpleNamespace(generation_config=generation), tokenizer)
+
+
+def gpu_of_local_rank(local_rank: int, visible: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` that leaves a process only its own GPU: the ``local_rank``-th of those visible
+    (all GPUs when ``visible`` is unset)."""
+    devices = [d.strip() for d in visible.split(",")] if visible else []
+    if not devices:
+        return str(local_rank)
+    if local_rank >= len(devices):
+        raise UserError(
+            f"process {local_rank} of this machine has no GPU of its own (CUDA_VISIBLE_DEVICES={visible}): launch "
+            "at most one process per GPU for --engine vllm"
+        )
+    return devices[local_rank]
 
 
 def sample_with_transformers(
@@ -78,7 +124,8 @@ def sample_with_transformers(
 
 class VllmSampler:
     """The policy in a vLLM engine (one GPU per process); prompts go in as token ids of our own rendering, so the
-    chat template's BOS is not doubled by vLLM's tokenizer."""
+    chat template's BOS is not doubled by vLLM's tokenizer. The K answers of prompt i come from one request with
+    ``n = K`` and vLLM's seed ``answer_seed(seed, i, 0)``: reproducible, whatever the batch."""
 
     def __init__(self, model_path: str, tokenizer, settings: SamplingSettings, stop_ids: list[int]) -> None:
         from vllm import LLM
@@ -89,7 +136,7 @@ class VllmSampler:
     def sample(self, prompts: list[tuple[int, Any]]) -> list[list[Answer]]:
         from vllm import SamplingParams
 
-        from amapo.model.generate import render_prompt
+        from amapo.model.generate import Answer, render_prompt
 
         requests, params = [], []
         for index, prompt in prompts:
@@ -110,3 +157,64 @@ class VllmSampler:
         return [
             [Answer(c.text.strip(), finished=c.finish_reason == "stop") for c in output.outputs] for output in outputs
         ]
+
+
+@dataclass(frozen=True)
+class VllmJob:
+    """What the vLLM child process needs (picklable): the prompts to answer and where their shards go."""
+
+    policy_path: str
+    chat_template: str | None
+    settings: SamplingSettings
+    prompts: list[tuple[int, Any]]
+    output: str
+    rank: int
+    prompts_per_shard: int
+    show_progress: bool
+
+
+def sample_in_vllm_process(job: VllmJob, local_rank: int | None) -> None:
+    """Run ``vllm_sample_shards(job)`` in a spawned child process (see the module docstring); with ``local_rank``
+    (several processes on this machine), the child sees only that process's GPU. A child that fails has printed
+    its traceback; this raises a RuntimeError naming its exit code."""
+    import multiprocessing
+
+    environment = dict(os.environ)
+    if local_rank is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_of_local_rank(local_rank, environment.get("CUDA_VISIBLE_DEVICES"))
+    try:  # a spawned child copies os.environ as it starts
+        child = multiprocessing.get_context("spawn").Process(target=vllm_sample_shards, args=(job,))
+        child.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"vLLM sampling failed in its process (exit code {child.exitcode}); its error is above")
+
+
+def vllm_sample_shards(job: VllmJob) -> None:
+    """The child process: a vLLM engine answers ``job.prompts``, one samples shard per ``prompts_per_shard``."""
+    from rich.console import Console
+
+    from amapo.console import progress_bar
+    from amapo.model.loading import load_tokenizer
+    from amapo.onpolicy.shards import SAMPLES, ShardStore
+
+    tokenizer = load_tokenizer(job.policy_path, chat_template=job.chat_template)
+    sampler = VllmSampler(job.policy_path, tokenizer, job.settings, policy_stop_ids(job.policy_path, tokenizer))
+    store = ShardStore(Path(job.output))
+    with progress_bar(Console(), "prompts", disable=not job.show_progress) as progress:
+        task = progress.add_task("sampling (vLLM)", total=len(job.prompts))
+        for start in range(0, len(job.prompts), job.prompts_per_shard):
+            chunk = job.prompts[start : start + job.prompts_per_shard]
+            store.write(SAMPLES, job.rank, sample_rows(chunk, sampler.sample(chunk)))
+            progress.advance(task, len(chunk))
+
+
+def sample_rows(chunk: list[tuple[int, Any]], answers: list[list[Answer]]) -> list[dict]:
+    """The samples-shard rows of ``chunk``: {index, prompt, samples, finished}."""
+    return [
+        {"index": i, "prompt": p, "samples": [a.text for a in got], "finished": [a.finished for a in got]}
+        for (i, p), got in zip(chunk, answers, strict=True)
+    ]

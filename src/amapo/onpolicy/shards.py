@@ -27,6 +27,7 @@ def shard_folder(output: Path) -> Path:
 
 class ShardStore:
     def __init__(self, output: Path) -> None:
+        self.output = output
         self.folder = shard_folder(output)
 
     def shards(self, kind: str) -> list[Path]:
