@@ -321,6 +321,20 @@ def test_vllm_samples_in_its_own_process_with_the_mapped_settings(tmp_path, caps
     assert "engine: vllm" in capsys.readouterr().out
 
 
+def test_vllms_process_sees_only_the_gpu_it_is_given(tmp_path, fake_vllm):
+    from amapo.builtin import resolve_source
+    from amapo.onpolicy.sampling import SamplingSettings, VllmJob, sample_in_vllm_process
+
+    prompts = list(enumerate(read_prompts("builtin:reverse/in_distribution", "train[:3]").prompts))
+    job = VllmJob(resolve_source(POLICY), None, SamplingSettings(num_samples=2), prompts, str(tmp_path / "p.jsonl"),
+                  rank=1, prompts_per_shard=2, show_progress=False, visible_devices="6")  # fmt: skip
+    sample_in_vllm_process(job)
+    assert json.loads(fake_vllm.read_text().splitlines()[0])["visible"] == "6"
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") is None  # this process's own is untouched
+    shards = sorted(p.name for p in (tmp_path / "p.jsonl.shards").iterdir())
+    assert shards == ["samples-r001-00000000.jsonl", "samples-r001-00000002.jsonl"]
+
+
 def test_vllm_engine_needs_vllm_and_each_process_gets_its_own_gpu(tmp_path, capsys, monkeypatch, no_policy_loading):
     from amapo.onpolicy.sampling import gpu_of_local_rank
 

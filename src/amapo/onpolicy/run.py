@@ -227,8 +227,12 @@ def run_make_pairs(config: MakePairsConfig, console: Console | None = None) -> P
         )
     output = Path(config.output).expanduser()
     engine = choose_engine(config.engine)
-    if engine == "vllm" and ranks.world > 1:  # one GPU per process, refused now rather than after sampling starts
+    # vLLM under accelerate launch: this process's own GPU (refused now if it has none, before anything loads)
+    own_gpu = (
         gpu_of_local_rank(ranks.local_rank, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if engine == "vllm" and ranks.world > 1
+        else None
+    )
     settings = recorded_settings(config, prompts, tokenizer, engine, config.reward)
     if check_settings(output, settings):
         say(console, ranks, f"amapo make-pairs: {output} is complete for these settings: nothing to do")
@@ -240,7 +244,7 @@ def run_make_pairs(config: MakePairsConfig, console: Console | None = None) -> P
     say(console, ranks, f"amapo make-pairs: {len(prompts.prompts)} prompts ({prompts.duplicates} duplicates dropped) "
         f"from {config.prompts}@{config.prompts_split}; reward: {reward_description}; engine: {engine}")  # fmt: skip
     note_long_answers(config, prompts, policy_path, tokenizer, console, ranks)
-    sample_share(config, prompts, store, ranks, policy_path, tokenizer, engine, console)
+    sample_share(config, prompts, store, ranks, policy_path, tokenizer, engine, own_gpu, console)
     score_share(config, prompts, store, ranks, console)
     ranks.wait()
     if ranks.rank == 0:
@@ -271,16 +275,17 @@ def say(console: Console, ranks: Ranks, text: str) -> None:
 
 
 def sample_share(config, prompts: PromptSet, store: ShardStore, ranks: Ranks, policy_path, tokenizer, engine,
-                 console) -> None:  # fmt: skip
-    """Answers to this process's prompts that no shard holds yet, one shard per ``prompts_per_shard`` prompts."""
+                 own_gpu: str | None, console) -> None:  # fmt: skip
+    """Answers to this process's prompts that no shard holds yet, one shard per ``prompts_per_shard`` prompts;
+    ``own_gpu``: the only GPU vLLM's process may see (None: those this process sees)."""
     done = store.done(SAMPLES)
     todo = [(i, p) for i, p in enumerate(prompts.prompts) if i % ranks.world == ranks.rank and i not in done]
     if not todo:
         return
     if engine == "vllm":
         job = VllmJob(policy_path, config.chat_template, config.sampling(), todo, str(store.output), ranks.rank,
-                      config.prompts_per_shard, show_progress=ranks.rank == 0)  # fmt: skip
-        sample_in_vllm_process(job, local_rank=ranks.local_rank if ranks.world > 1 else None)
+                      config.prompts_per_shard, show_progress=ranks.rank == 0, visible_devices=own_gpu)  # fmt: skip
+        sample_in_vllm_process(job)
         return
     from amapo.model.generate import stop_token_ids
     from amapo.model.loading import load_model

@@ -161,7 +161,8 @@ class VllmSampler:
 
 @dataclass(frozen=True)
 class VllmJob:
-    """What the vLLM child process needs (picklable): the prompts to answer and where their shards go."""
+    """What the vLLM child process needs (picklable): the prompts to answer, where their shards go, and the GPUs it
+    may see (``CUDA_VISIBLE_DEVICES``; None: as this process)."""
 
     policy_path: str
     chat_template: str | None
@@ -171,23 +172,16 @@ class VllmJob:
     rank: int
     prompts_per_shard: int
     show_progress: bool
+    visible_devices: str | None = None
 
 
-def sample_in_vllm_process(job: VllmJob, local_rank: int | None) -> None:
-    """Run ``vllm_sample_shards(job)`` in a spawned child process (see the module docstring); with ``local_rank``
-    (several processes on this machine), the child sees only that process's GPU. A child that fails has printed
-    its traceback; this raises a RuntimeError naming its exit code."""
+def sample_in_vllm_process(job: VllmJob) -> None:
+    """Run ``vllm_sample_shards(job)`` in a spawned child process (see the module docstring). A child that fails
+    has printed its traceback; this raises a RuntimeError naming its exit code."""
     import multiprocessing
 
-    environment = dict(os.environ)
-    if local_rank is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_of_local_rank(local_rank, environment.get("CUDA_VISIBLE_DEVICES"))
-    try:  # a spawned child copies os.environ as it starts
-        child = multiprocessing.get_context("spawn").Process(target=vllm_sample_shards, args=(job,))
-        child.start()
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+    child = multiprocessing.get_context("spawn").Process(target=vllm_sample_shards, args=(job,))
+    child.start()
     child.join()
     if child.exitcode != 0:
         raise RuntimeError(f"vLLM sampling failed in its process (exit code {child.exitcode}); its error is above")
@@ -195,6 +189,8 @@ def sample_in_vllm_process(job: VllmJob, local_rank: int | None) -> None:
 
 def vllm_sample_shards(job: VllmJob) -> None:
     """The child process: a vLLM engine answers ``job.prompts``, one samples shard per ``prompts_per_shard``."""
+    if job.visible_devices is not None:  # before anything here starts CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.visible_devices
     from rich.console import Console
 
     from amapo.console import progress_bar
