@@ -166,7 +166,7 @@ def test_a_run_killed_mid_way_and_resumed_writes_the_same_file(tmp_path, monkeyp
     monkeypatch.setattr(
         run_module,
         "sample_with_transformers",
-        lambda model, tok, chunk, *a: sampled.extend(chunk) or real_sample(model, tok, chunk, *a),
+        lambda model, tok, chunk, *a, **kw: sampled.extend(chunk) or real_sample(model, tok, chunk, *a, **kw),
     )
     assert main(make_pairs_args(resumed, "--keep_samples", "true")) == 0
     assert len(sampled) == 4  # only the last of three shards of 4 prompts was sampled again

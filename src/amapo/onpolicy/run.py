@@ -20,6 +20,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -39,8 +40,8 @@ from amapo.onpolicy.sampling import (
     choose_engine,
     gpu_of_local_rank,
     sample_in_vllm_process,
-    sample_rows,
     sample_with_transformers,
+    write_sample_shards,
 )
 from amapo.onpolicy.selection import select_pairs
 from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
@@ -292,15 +293,11 @@ def sample_share(config, prompts: PromptSet, store: ShardStore, ranks: Ranks, po
 
     model = load_model(policy_path, device=ranks.device()).eval()
     stop_ids = stop_token_ids(model, tokenizer)
-    with progress_bar(console, "prompts", disable=ranks.rank != 0) as progress:
-        task = progress.add_task("sampling", total=len(todo))
-        for start in range(0, len(todo), config.prompts_per_shard):
-            chunk = todo[start : start + config.prompts_per_shard]
-            answers = sample_with_transformers(model, tokenizer, chunk, config.sampling(), config.batch_size,
-                                               stop_ids)  # fmt: skip
-            store.write(SAMPLES, ranks.rank, sample_rows(chunk, answers))
-            progress.advance(task, len(chunk))
-    del model
+    sample = partial(sample_with_transformers, model, tokenizer, settings=config.sampling(),
+                     batch_size=config.batch_size, stop_ids=stop_ids)  # fmt: skip
+    write_sample_shards(todo, sample, store, ranks.rank, config.prompts_per_shard, console, "sampling",
+                        show_progress=ranks.rank == 0)  # fmt: skip
+    del model, sample  # the policy's memory goes before the reward model loads
     free_accelerator_memory()
 
 

@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any
 from amapo.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.console import Console
+
     from amapo.model.generate import Answer
+    from amapo.onpolicy.shards import ShardStore
 
 ENGINES = ("auto", "transformers", "vllm")
 
@@ -193,24 +198,37 @@ def vllm_sample_shards(job: VllmJob) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.visible_devices
     from rich.console import Console
 
-    from amapo.console import progress_bar
     from amapo.model.loading import load_tokenizer
-    from amapo.onpolicy.shards import SAMPLES, ShardStore
+    from amapo.onpolicy.shards import ShardStore
 
     tokenizer = load_tokenizer(job.policy_path, chat_template=job.chat_template)
     sampler = VllmSampler(job.policy_path, tokenizer, job.settings, policy_stop_ids(job.policy_path, tokenizer))
-    store = ShardStore(Path(job.output))
-    with progress_bar(Console(), "prompts", disable=not job.show_progress) as progress:
-        task = progress.add_task("sampling (vLLM)", total=len(job.prompts))
-        for start in range(0, len(job.prompts), job.prompts_per_shard):
-            chunk = job.prompts[start : start + job.prompts_per_shard]
-            store.write(SAMPLES, job.rank, sample_rows(chunk, sampler.sample(chunk)))
+    write_sample_shards(job.prompts, sampler.sample, ShardStore(Path(job.output)), job.rank, job.prompts_per_shard,
+                        Console(), "sampling (vLLM)", show_progress=job.show_progress)  # fmt: skip
+
+
+def write_sample_shards(
+    prompts: list[tuple[int, Any]],
+    sample: Callable[[list[tuple[int, Any]]], list[list[Answer]]],
+    store: ShardStore,
+    rank: int,
+    prompts_per_shard: int,
+    console: Console,
+    label: str,
+    show_progress: bool,
+) -> None:
+    """``sample`` the (index, prompt)s ``prompts_per_shard`` at a time, each batch written whole as one samples shard
+    of rows {index, prompt, samples, finished}, under a progress bar."""
+    from amapo.console import progress_bar
+    from amapo.onpolicy.shards import SAMPLES
+
+    with progress_bar(console, "prompts", disable=not show_progress) as progress:
+        task = progress.add_task(label, total=len(prompts))
+        for start in range(0, len(prompts), prompts_per_shard):
+            chunk = prompts[start : start + prompts_per_shard]
+            rows = [
+                {"index": i, "prompt": p, "samples": [a.text for a in got], "finished": [a.finished for a in got]}
+                for (i, p), got in zip(chunk, sample(chunk), strict=True)
+            ]
+            store.write(SAMPLES, rank, rows)
             progress.advance(task, len(chunk))
-
-
-def sample_rows(chunk: list[tuple[int, Any]], answers: list[list[Answer]]) -> list[dict]:
-    """The samples-shard rows of ``chunk``: {index, prompt, samples, finished}."""
-    return [
-        {"index": i, "prompt": p, "samples": [a.text for a in got], "finished": [a.finished for a in got]}
-        for (i, p), got in zip(chunk, answers, strict=True)
-    ]
