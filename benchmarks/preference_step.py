@@ -47,9 +47,20 @@ What is measured
   with: tokens/s then measures pairs of a given length per second, which is what a user cares about).
 * tokens/s: per measured step, tokens / step time; the table shows the median over all measured steps of all
   rounds. Step time: the median likewise.
-* peak RSS: ``getrusage(RUSAGE_SELF).ru_maxrss`` of the worker at its end (includes loading and tokenizing);
-  RSS increase: peak RSS minus the RSS right before the first training step. The table shows the largest over
-  rounds. On CUDA also ``torch.cuda.max_memory_allocated``.
+* peak RSS: the worker's own high-water mark (VmHWM; includes loading and tokenizing). Not ``getrusage``'s
+  ru_maxrss, which Linux carries across fork and exec, so that every worker reported its parent's peak. On CUDA
+  also ``torch.cuda.max_memory_allocated``. RSS increase (JSON only): peak RSS minus the RSS right before the
+  first training step. The table shows the largest over rounds.
+* memory per phase: the worker's peaks of its set-up (start to the first step), its first step (amapo's
+  first-batch self-check runs there) and its steady steps (every step after the first), RSS on a CPU and CUDA on a
+  GPU, each mark reset between phases (``/proc/self/clear_refs``, ``torch.cuda.reset_peak_memory_stats``). A
+  first step that needs more than 1.1x the steady peak is flagged in the table and in a warning line.
+* the first worker of a run: on the H200 it ran slow from its third step on, whichever framework it was, so
+  before the rounds one unmeasured worker runs (``--no-warmup_worker`` skips it); the table shows each round's
+  median beside the overall one.
+* ``--amapo_baseline DIR`` (another checkout, e.g. ``git worktree add /tmp/old 715727a``): every amapo framework
+  also runs from DIR's ``src``, named ``NAME@<commit>``, in the same rounds: a change is measured side by side with
+  the commit before it.
 * step-1 loss: the Trainer's logged ``loss`` of step 1 (the model before any update, on the first batch).
   A separate ``losscheck`` worker also computes the SimPO loss of the first ``--losscheck_batch`` pairs with
   TRL's ``CPOTrainer.compute_loss`` on a batch from its own collator, with amapo (``run_training`` with
@@ -121,8 +132,8 @@ from prefstep.data import (  # noqa: E402  (build_tokenizer, build_model, make_p
     step_token_stats,
 )
 from prefstep.measure import machine_info  # noqa: E402
-from prefstep.report import report_header, summarize, vocab_section  # noqa: E402
-from prefstep.runner import probe_device, run_worker  # noqa: E402
+from prefstep.report import phases_text, report_header, summarize, vocab_section  # noqa: E402
+from prefstep.runner import baseline_frameworks, probe_device, run_worker  # noqa: E402
 from prefstep.workers import worker_main  # noqa: E402
 
 
@@ -138,6 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="measured optimizer steps per worker")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured optimizer steps before them")
     p.add_argument("--rounds", type=int, default=2, help="times each framework runs, alternating")
+    p.add_argument("--warmup_worker", action=argparse.BooleanOptionalAction, default=True,
+                   help="run one unmeasured worker (the first framework) before the rounds")  # fmt: skip
     p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<cpu|cuda>.json)")
     p.add_argument("--lr", type=float, default=1e-6, help="constant learning rate")
@@ -147,6 +160,9 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--amapo_layout", default=None, help="amapo TrainConfig.batch_layout")
     p.add_argument("--amapo_lm_head_chunk_size", type=int, default=None, help="amapo TrainConfig.lm_head_chunk_size")
+    p.add_argument("--amapo_baseline", default=None, metavar="DIR",
+                   help="another amapo checkout (e.g. a git worktree of an older commit): its amapo-* frameworks run "
+                   "beside this one's, named NAME@<its commit>")  # fmt: skip
     shape = p.add_argument_group("model shape (Llama architecture; default hidden 256, 4 layers, MLP 688, 4 heads)")
     shape.add_argument("--hidden_size", type=int, default=None)
     shape.add_argument("--num_layers", type=int, default=None)
@@ -191,6 +207,7 @@ def parent_main(a) -> int:
     if "liger-simpo" in frameworks and not liger_ok:
         frameworks.remove("liger-simpo")
     liger_line = f"liger: available ({liger_text})" if liger_ok else f"liger: not available ({liger_text})"
+    baseline_src = baseline_frameworks(a, frameworks)  # adds NAME@commit beside each amapo framework
 
     n_steps = a.warmup + a.steps
     n_pairs = a.pairs or max(a.batch * n_steps, a.losscheck_batch) + a.batch
@@ -255,18 +272,25 @@ def parent_main(a) -> int:
                 entry["losscheck"] = check
                 print("ok" if check.get("ok") else f"FAILED: {check.get('error')}", flush=True)
 
+            if a.warmup_worker:  # the first worker of a run is slow on a GPU (issue 25): one that counts for nothing
+                name = frameworks[0]
+                print(f"[v{vocab} warm-up worker, not measured] {name} ...", end=" ", flush=True)
+                result = run_worker(a, name, vocab, paths, workdir, f"v{vocab}-warmup-{name}", baseline_src.get(name))
+                entry["warmup_worker"] = result
+                print("ok" if result.get("ok") else f"FAILED: {result.get('error')}", flush=True)
+
             for round_index in range(a.rounds):
                 shift = round_index % len(frameworks)
                 for name in frameworks[shift:] + frameworks[:shift]:  # rotate the order between rounds
                     tag = f"v{vocab}-r{round_index + 1}-{name}"
                     print(f"[v{vocab} round {round_index + 1}/{a.rounds}] {name} ...", end=" ", flush=True)
-                    result = run_worker(a, name, vocab, paths, workdir, tag)
+                    result = run_worker(a, name, vocab, paths, workdir, tag, baseline_src.get(name))
                     entry["runs"][name].append(result)
                     if result.get("ok"):
                         times = result.get("step_times") or [float("nan")]
                         print(f"ok (median step {statistics.median(times):.3f} s, "
-                              f"peak RSS {result['peak_rss'] / GB:.2f} GiB, {result['process_wall_s']:.0f} s)",
-                              flush=True)  # fmt: skip
+                              f"peak RSS {result['peak_rss'] / GB:.2f} GiB, {phases_text(result)}"
+                              f"{result['process_wall_s']:.0f} s)", flush=True)  # fmt: skip
                     else:
                         print(f"FAILED: {result.get('error')}", flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ import random
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from amapo.data.collator import PreferenceCollator, row_length
 from amapo.model.layouts import layout_for, shared_prompt_mask
@@ -261,7 +263,8 @@ def test_row_lengths_and_layout_choice():
 # --- the patched forward checks itself (issue 14) ------------------------------------------------------------------
 
 
-def test_a_family_the_patch_computes_wrongly_stops_on_the_first_batch(monkeypatch):
+@pytest.mark.parametrize("layout", ["padded", "shared_prompt", "packed"])
+def test_a_family_the_patch_computes_wrongly_stops_on_the_first_batch(monkeypatch, layout):
     """A logit transform the patch does not know (here: the config's own one made wrong) shows on the first batch as
     a difference from the model's own forward, and stops with the model class named."""
     from amapo.errors import UserError
@@ -270,10 +273,93 @@ def test_a_family_the_patch_computes_wrongly_stops_on_the_first_batch(monkeypatc
     model = tiny_llama(tie=False)
     monkeypatch.setattr(lm_head.LogitTransform, "of", classmethod(lambda cls, config: cls(scale=1.5)))
     enable_response_logps(model)
-    batch = PreferenceCollator(0, layout="padded")(random_pairs(3, seed=7))
+    batch = PreferenceCollator(0, layout=layout)(random_pairs(3, seed=7))
     with pytest.raises(UserError, match=r"LlamaForCausalLM: amapo's fused response log-probs differ .* by up to"):
         sequence_logps(model, batch)
     assert not getattr(model, logps.VERIFIED_MARK, False)
+
+
+class ScaledHiddenLlama(LlamaForCausalLM):
+    """A remote-code-like family: its forward has no ``logits_to_keep`` and scales the hidden states before the
+    head (``hidden_scale``), which the patched forward does not know."""
+
+    hidden_scale = 1.0
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None, **kwargs):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        hidden = out.last_hidden_state
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden * self.hidden_scale))
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_a_forward_without_logits_to_keep_is_checked_on_the_sampled_positions_only(scale):
+    """The check slices the head's input when the forward cannot be told which logits to keep: the head sees the
+    sampled positions only, and a hidden-state scale the patch misses is still caught."""
+    from amapo.errors import UserError
+    from amapo.model import logps
+
+    torch.manual_seed(0)
+    model = ScaledHiddenLlama(tiny_llama(tie=False).config).float()
+    model.hidden_scale = scale
+    enable_response_logps(model, chunk_tokens=8)  # a quarter of it: at most 2 sampled positions
+    head_outputs = []
+    model.lm_head.register_forward_hook(lambda module, args, out: head_outputs.append(tuple(out.shape)))
+    batch = PreferenceCollator(0, layout="shared_prompt")(random_pairs(3, seed=7))
+    if scale == 1.0:
+        sequence_logps(model, batch)
+        assert getattr(model, logps.VERIFIED_MARK)
+    else:
+        with pytest.raises(UserError, match="ScaledHiddenLlama: amapo's fused response log-probs differ"):
+            sequence_logps(model, batch)
+    assert head_outputs == [(1, 2, VOCAB)]  # the check's own forward; the fused one reads the weight, not the module
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any operation creates while active (bytes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel() * tensor.element_size())
+        return out
+
+
+@pytest.mark.parametrize("layout", ["padded", "shared_prompt", "packed"])
+@pytest.mark.parametrize("chunk_tokens", [0, 64])
+def test_nothing_before_or_in_the_first_step_outgrows_one_lm_head_chunk_at_vocabulary_128k(layout, chunk_tokens):
+    """Issue 24: the first-batch check built the full logits, their fp32 log-softmax and an [M, V] copy (about 10x
+    the chunk here). Now no tensor of the check, nor of the first training step (forward and backward), is larger
+    than one LM-head chunk's fp32 logits, and the check's own are a quarter of that."""
+    from amapo.model import logps
+
+    vocab = 128256
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)  # fmt: skip
+    model = LlamaForCausalLM(config).float()
+    enable_response_logps(model, chunk_tokens=chunk_tokens)
+    rng = random.Random(0)
+    ids = lambda k: [rng.randrange(3, vocab) for _ in range(k)]  # noqa: E731
+    pairs = [{"prompt_input_ids": [1, *ids(40)], "chosen_input_ids": [*ids(150), 2],
+              "rejected_input_ids": [*ids(140), 2]} for _ in range(3)]  # fmt: skip
+    batch = PreferenceCollator(0, layout=layout)(pairs)
+    chunk_bytes = chunk_size_for(vocab, chunk_tokens) * vocab * 4
+    assert batch["target_ids"].numel() * vocab * 4 > 3 * chunk_bytes  # the plain [M, V] would be far larger
+
+    with LargestTensor() as check:
+        logps.verify_fused_logps(model, batch)
+    assert getattr(model, logps.VERIFIED_MARK)
+    assert check.largest <= chunk_bytes / logps.CHECK_SHARE_OF_CHUNK
+
+    with LargestTensor() as step:
+        summed, _ = sequence_logps(model, batch)
+        (summed * torch.linspace(-1, 1, summed.numel())).sum().backward()
+    assert step.largest <= chunk_bytes
 
 
 def test_the_first_batch_is_checked_once_and_then_trusted():

@@ -49,5 +49,10 @@ def liger_status() -> tuple[bool, str]:
     return True, f"liger-kernel {version_of('liger-kernel')}"
 
 
+def base_framework(name: str) -> str:
+    """``amapo-amapo@715727a`` (a baseline checkout's run, ``--amapo_baseline``) -> ``amapo-amapo``."""
+    return name.split("@", 1)[0]
+
+
 def worker_device(a) -> str:
     return "cuda" if a.device == "cuda" else "cpu"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 from .common import (
     AMAPO_FRAMEWORKS,
@@ -17,7 +18,7 @@ from .common import (
     read_jsonl,
     worker_device,
 )
-from .measure import current_rss_bytes, describe_batch
+from .measure import MemoryPhases, current_rss_bytes, describe_batch
 
 
 def load_model_and_tokenizer(a):
@@ -84,8 +85,10 @@ def build_amapo_config(a, method: str, output_dir: str, *, batch: int, max_steps
 
 
 def run_amapo(a, framework: str, timer, result: dict) -> None:
+    import amapo
     from amapo.train.run import run_training
 
+    result["amapo_source"] = str(Path(amapo.__file__).resolve().parents[1])  # this checkout's src, or a baseline's
     config = build_amapo_config(
         a, AMAPO_FRAMEWORKS[framework], a.output_dir, batch=a.batch, max_steps=a.warmup + a.steps, learning_rate=a.lr
     )
@@ -271,10 +274,12 @@ def run_liger(a, result: dict) -> dict:
             torch.cuda.synchronize()
 
     record = {"step_times": [], "measured_steps": [], "losses": {}, "batches": []}
+    memory = MemoryPhases(device.type == "cuda")
     sync()
     record["rss_before_train"] = current_rss_bytes()
     if device.type == "cuda":
         record["cuda_allocated_before_train"] = torch.cuda.memory_allocated()
+    memory.end("setup")
     for k, pairs in enumerate(batches):
         sync()
         start = time.perf_counter()
@@ -303,4 +308,9 @@ def run_liger(a, result: dict) -> dict:
         if k + 1 > a.warmup:
             record["step_times"].append(elapsed)
             record["measured_steps"].append(k + 1)
+        if k == 0:
+            memory.end("first_step")
+    if len(batches) > 1:
+        memory.end("steady")
+    record["memory_phases"] = memory.phases
     return record

@@ -20,7 +20,8 @@ from .common import GB, version_of
 
 
 def make_step_timer(warmup: int, cuda: bool):
-    """A TrainerCallback timing optimizer steps, recording logged losses, RSS before training, batch contents."""
+    """A TrainerCallback timing optimizer steps, recording logged losses, RSS before training, batch contents, and
+    the memory peaks of the set-up, the first step and the steps after it (``MemoryPhases``)."""
     import torch
     from transformers import TrainerCallback
 
@@ -37,6 +38,7 @@ def make_step_timer(warmup: int, cuda: bool):
             self.rss_before_train: int | None = None
             self.cuda_allocated_before_train: int | None = None
             self.counter = BatchCounter()
+            self.memory = MemoryPhases(cuda)
             self._last: float | None = None
 
         def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
@@ -44,6 +46,7 @@ def make_step_timer(warmup: int, cuda: bool):
             self.rss_before_train = current_rss_bytes()
             if cuda:
                 self.cuda_allocated_before_train = torch.cuda.memory_allocated()
+            self.memory.end("setup")
             if train_dataloader is not None:
                 self.counter.install(train_dataloader)
             else:
@@ -60,7 +63,13 @@ def make_step_timer(warmup: int, cuda: bool):
             if state.global_step > warmup and self._last is not None:
                 self.step_times.append(now - self._last)
                 self.measured_steps.append(state.global_step)
-            self._last = now
+            if state.global_step == 1:
+                self.memory.end("first_step")
+            self._last = time.perf_counter()  # the memory reading is not part of the next step
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.global_step > 1:
+                self.memory.end("steady")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -146,9 +155,55 @@ class BatchCounter:
             self.error = f"could not wrap collate_fn: {type(e).__name__}: {e}"
 
 
+class MemoryPhases:
+    """Peak memory of each phase of a worker: ``setup`` (process start to the first step: loading, tokenizing),
+    ``first_step`` (amapo's first-batch self-check included) and ``steady`` (every step after the first).
+
+    RSS peaks are this process's own high-water mark (``peak_rss_bytes``), reset between phases through
+    ``/proc/self/clear_refs`` (Linux 4.0+; where that is refused, phases after the first report None, since their
+    mark would include the earlier ones). CUDA peaks are ``torch.cuda.max_memory_allocated``, reset likewise.
+    """
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.phases: dict[str, dict] = {}
+        self.resettable = True
+
+    def end(self, name: str) -> None:
+        rss = peak_rss_bytes() if self.resettable or not self.phases else None
+        entry = {"peak_rss": rss}
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            entry["cuda_max_allocated"] = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        self.phases[name] = entry
+        self.resettable = self.resettable and reset_peak_rss()
+
+
 def peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak RSS: VmHWM of its own address space.
+
+    Not ``getrusage``'s ru_maxrss: Linux carries that across fork and exec (the exec records the forking parent's
+    high-water mark), so a worker started by a large parent reports the parent's peak; on the H200 every worker
+    showed the same 5,397,897,216 bytes.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, no exec carry-over
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Set this process's RSS high-water mark to its current RSS (``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def current_rss_bytes() -> int:

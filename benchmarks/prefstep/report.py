@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 import statistics
 
-from .common import BASELINE, GB, REFERENCE_BASED
+from .common import BASELINE, GB, REFERENCE_BASED, base_framework
 from .data import model_flops
+
+FIRST_STEP_LIMIT = 1.1  # a first step that needs more than this times the steady peak is flagged (issue 24)
 
 
 def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: dict, peak: float) -> dict:
@@ -22,9 +24,10 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
         summary["failed"] = True
         return summary
     model = data_info["model"]
-    reference = framework in REFERENCE_BASED
-    tokens_per_s, step_times, mfu, warnings, seen_batches = [], [], [], [], []
+    reference = base_framework(framework) in REFERENCE_BASED
+    tokens_per_s, step_times, mfu, warnings, seen_batches, per_round = [], [], [], [], [], []
     for run in ok:
+        round_rates = []
         observed = run.get("batches") or []
         for step, seconds in zip(run.get("measured_steps", []), run.get("step_times", []), strict=False):
             expected = steps[step - 1]
@@ -50,8 +53,11 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
                 reference=reference,
             )
             tokens_per_s.append(counted["tokens"] / seconds)
+            round_rates.append(counted["tokens"] / seconds)
             step_times.append(seconds)
             mfu.append(flops / seconds / peak)
+        if round_rates:
+            per_round.append(statistics.median(round_rates))
         if not observed or all(b is None for b in observed):
             warnings.append("could not observe the collated batches: token counts are from the data order only")
     if not step_times:
@@ -62,6 +68,7 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
     losses = [x for x in losses if x is not None]
     summary.update(
         tokens_per_s=statistics.median(tokens_per_s),
+        tokens_per_s_per_round=per_round,
         step_time_s=statistics.median(step_times),
         mfu=statistics.median(mfu),
         measured_steps=len(step_times),
@@ -74,6 +81,15 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
     cuda_peaks = [r["cuda_max_allocated"] for r in ok if r.get("cuda_max_allocated") is not None]
     if cuda_peaks:
         summary["cuda_max_allocated"] = max(cuda_peaks)
+    summary["memory"] = phase_peaks(ok)
+    for kind, peaks in summary["memory"].items():
+        ratio = peaks.get("first_over_steady")
+        if ratio is not None and ratio > FIRST_STEP_LIMIT:
+            summary["warnings"].append(
+                f"the first step needs {ratio:.2f}x the steady {kind} peak ({peaks['first_step'] / GB:.2f} vs "
+                f"{peaks['steady'] / GB:.2f} GiB; more than {FIRST_STEP_LIMIT}x): something before or in step 1 "
+                "costs memory the training step does not"
+            )
     if seen_batches:
         logical = sum(b["tokens"] for b in seen_batches)
         summary["observed"] = {
@@ -85,6 +101,33 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
     if settings:
         summary["settings"] = settings
     return summary
+
+
+def phase_peaks(runs: list[dict]) -> dict[str, dict]:
+    """Per memory kind (``rss``, and ``cuda`` on a GPU): the largest first-step and steady peak over rounds, and
+    their ratio (``MemoryPhases`` in measure.py)."""
+    out = {}
+    for kind, key in (("rss", "peak_rss"), ("cuda", "cuda_max_allocated")):
+        peaks = {}
+        for phase in ("setup", "first_step", "steady"):
+            values = [r.get("memory_phases", {}).get(phase, {}).get(key) for r in runs]
+            values = [v for v in values if v is not None]
+            if values:
+                peaks[phase] = max(values)
+        if "first_step" in peaks and peaks.get("steady"):
+            peaks["first_over_steady"] = peaks["first_step"] / peaks["steady"]
+        if peaks:
+            out[kind] = peaks
+    return out
+
+
+def phases_text(run: dict) -> str:
+    """The "first step X GiB, steady Y GiB, " part of (CUDA on a GPU, else RSS), for the progress lines."""
+    phases = run.get("memory_phases") or {}
+    key = "cuda_max_allocated" if any("cuda_max_allocated" in p for p in phases.values()) else "peak_rss"
+    parts = [f"{name.replace('_', ' ')} {phases[name][key] / GB:.2f} GiB" for name in ("first_step", "steady")
+             if phases.get(name, {}).get(key)]  # fmt: skip
+    return ", ".join(parts) + ", " if parts else ""
 
 
 def layout_lines(summaries: dict[str, dict]) -> list[str]:
@@ -106,13 +149,28 @@ def fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def first_and_steady(peaks: dict | None) -> tuple[str, str]:
+    """Cells "first / steady GiB" and their ratio, flagged when the first step needs more than FIRST_STEP_LIMIT."""
+    if not peaks or "first_step" not in peaks:
+        return "-", "-"
+    steady = fmt(peaks.get("steady") and peaks["steady"] / GB, ".2f")
+    ratio = peaks.get("first_over_steady")
+    flag = "" if ratio is None or ratio <= FIRST_STEP_LIMIT else " **over 1.1x**"
+    return f"{peaks['first_step'] / GB:.2f} / {steady}", fmt(ratio, ".2f", "n/a") + ("x" if ratio else "") + flag
+
+
 def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
+    """One row per framework. Memory: the worker's own peak RSS (and CUDA peak), the first-step and steady peaks
+    (CUDA on a GPU, RSS on a CPU), and the ratio vs TRL of the whole worker's peak (CUDA on a GPU, RSS on a CPU)."""
     base = summaries.get(BASELINE, {})
     base_ok = base and not base.get("failed")
-    header = ["framework", "tokens/s", "step time s", "peak RSS GiB", "RSS increase GiB"]
+    kind = "cuda" if cuda else "rss"
+    label = "CUDA" if cuda else "RSS"
+    header = ["framework", "tokens/s", "per round", "step time s", "peak RSS GiB"]
     if cuda:
         header.append("CUDA max alloc GiB")
-    header += ["MFU %", "step-1 loss", f"tokens/s vs {BASELINE}", f"peak RSS vs {BASELINE}"]
+    header += [f"{label} first step / steady GiB", "first / steady", "MFU %", "step-1 loss",
+               f"tokens/s vs {BASELINE}", f"peak {label} vs {BASELINE}"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in summaries.items():
         if s.get("failed"):
@@ -123,17 +181,20 @@ def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
         cells = [
             name,
             fmt(s["tokens_per_s"], ",.0f"),
+            " / ".join(format(x, ",.0f") for x in s.get("tokens_per_s_per_round", [])) or "-",
             fmt(s["step_time_s"], ".3f"),
             fmt(s["peak_rss"] / GB, ".2f"),
-            fmt(s["rss_increase"] / GB, ".2f"),
         ]
         if cuda:
             cells.append(fmt(s.get("cuda_max_allocated", 0) / GB, ".2f"))
-        cells += [fmt(100 * s["mfu"], ".2f"), fmt(s["step1_loss"], ".6f")]
+        peaks = s.get("memory", {}).get(kind)
+        cells += [*first_and_steady(peaks), fmt(100 * s["mfu"], ".2f"), fmt(s["step1_loss"], ".6f")]
         if base_ok:
+            key = "cuda_max_allocated" if cuda else "peak_rss"
+            ours, theirs = s.get(key), base.get(key)
             cells += [
                 fmt(s["tokens_per_s"] / base["tokens_per_s"], ".2f") + "x",
-                fmt(s["peak_rss"] / base["peak_rss"], ".2f") + "x",
+                (fmt(ours / theirs, ".2f") + "x") if ours and theirs else "n/a",
             ]
         else:
             cells += ["n/a", "n/a"]

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import REPO_ROOT, RESULT_MARKER, SCRIPT
+from .common import AMAPO_FRAMEWORKS, REPO_ROOT, RESULT_MARKER, SCRIPT
 
 
 def probe_device(a, workdir: Path) -> dict:
@@ -65,9 +65,11 @@ def worker_command(a, framework: str, vocab: int, model_dir: Path, data: Path, o
     return cmd
 
 
-def worker_env(workdir: Path) -> dict:
+def worker_env(workdir: Path, src: Path | None = None) -> dict:
+    """The worker's environment: ``src`` (default this checkout's ``src``) first on PYTHONPATH, so that the worker
+    imports that amapo; offline Hub, a private datasets cache."""
     env = os.environ.copy()
-    src = str(REPO_ROOT / "src")  # benchmark this checkout's amapo
+    src = str(src or REPO_ROOT / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +78,8 @@ def worker_env(workdir: Path) -> dict:
     return env
 
 
-def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: str) -> dict:
+def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: str, src: Path | None = None) -> dict:
+    """Run one worker (``src``: the amapo source folder it imports, default this checkout's) and read its result."""
     output_dir = workdir / "runs" / tag
     if output_dir.exists():
         shutil.rmtree(output_dir)
@@ -87,7 +90,7 @@ def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: s
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=a.worker_timeout, env=worker_env(workdir), cwd=REPO_ROOT
+            cmd, capture_output=True, text=True, timeout=a.worker_timeout, env=worker_env(workdir, src), cwd=REPO_ROOT
         )
         stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
@@ -117,3 +120,21 @@ def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: s
     result["log"] = str(log_path)
     shutil.rmtree(output_dir, ignore_errors=True)  # trainer outputs (saved models) are not needed afterwards
     return result
+
+
+def baseline_frameworks(a, frameworks: list[str]) -> dict[str, Path]:
+    """``--amapo_baseline DIR`` (another checkout of amapo, e.g. a git worktree of an older commit): each amapo
+    framework also runs from DIR/src, as ``NAME@<DIR's short commit>`` right after NAME. Returns name -> src."""
+    if not a.amapo_baseline:
+        return {}
+    folder = Path(a.amapo_baseline).resolve()
+    if not (folder / "src" / "amapo" / "__init__.py").is_file():
+        raise SystemExit(f"--amapo_baseline {a.amapo_baseline}: no src/amapo there (pass a checkout of amapo)")
+    commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    label = commit.stdout.strip() if commit.returncode == 0 else folder.name
+    added = {}
+    for name in list(frameworks):
+        if name in AMAPO_FRAMEWORKS:
+            frameworks.insert(frameworks.index(name) + 1, f"{name}@{label}")
+            added[f"{name}@{label}"] = folder / "src"
+    return added

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .common import AMAPO_FRAMEWORKS, GB, RESULT_MARKER, read_jsonl, worker_device
+from .common import AMAPO_FRAMEWORKS, GB, RESULT_MARKER, base_framework, read_jsonl, worker_device
 from .frameworks import (
     autocast_for,
     build_amapo_config,
@@ -141,8 +141,8 @@ def worker_main(a) -> int:
             result["losses"] = {str(k): v for k, v in record["losses"].items()}
         else:
             timer = make_step_timer(a.warmup, cuda)
-            if a.worker in AMAPO_FRAMEWORKS:
-                run_amapo(a, a.worker, timer, result)
+            if base_framework(a.worker) in AMAPO_FRAMEWORKS:
+                run_amapo(a, base_framework(a.worker), timer, result)
             elif a.worker == "trl-cpo-simpo":
                 run_trl_cpo(a, timer, result)
             elif a.worker == "trl-dpo":
@@ -157,6 +157,7 @@ def worker_main(a) -> int:
                 rss_before_train=timer.rss_before_train,
                 cuda_allocated_before_train=timer.cuda_allocated_before_train,
                 batches=timer.counter.batches,
+                memory_phases=timer.memory.phases,
             )
             if timer.counter.error:
                 result["notes"].append(f"batch counter: {timer.counter.error}")
@@ -164,10 +165,13 @@ def worker_main(a) -> int:
     except BaseException as e:  # report, never crash silently: the parent reads the marker line
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()[-4000:]
-    result["peak_rss"] = peak_rss_bytes()
+    phases = result.get("memory_phases") or {}
+    result["peak_rss"] = max([peak_rss_bytes()] + [p["peak_rss"] for p in phases.values() if p.get("peak_rss")])
     result["wall_s"] = time.perf_counter() - start
     if cuda:
-        result["cuda_max_allocated"] = torch.cuda.max_memory_allocated()
+        result["cuda_max_allocated"] = max(
+            [torch.cuda.max_memory_allocated()] + [p["cuda_max_allocated"] for p in phases.values()]
+        )
     sys.stdout.flush()
     print("\n" + RESULT_MARKER + json.dumps(result), flush=True)
     return 0 if result["ok"] else 1

@@ -15,6 +15,7 @@ saving are unchanged). PEFT wraps the patched model and passes the keyword throu
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from dataclasses import dataclass
 
@@ -92,26 +93,39 @@ def check_fits(lm: torch.nn.Module) -> None:
         raise UserError(f"{name} has no LM head (get_output_embeddings() is None): amapo needs a causal LM")
 
 
+# The self-check's plain logits cover at most this share of one LM-head chunk: its logits, their fp32 copy and
+# the picked rows stay below the chunk budget the training step itself works in (``chunk_size_for``).
+CHECK_SHARE_OF_CHUNK = 4
+
+
 @torch.no_grad()
 def verify_fused_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
-    """Compare the patched forward's per-token log-probs with the plain full-logits computation on ``batch``; a
+    """Compare the patched forward's per-token log-probs with the model's own forward on a sample of ``batch``; a
     difference beyond ``FUSED_TOLERANCE`` stops with a message naming the model class (a family whose forward does
     something the patch does not: another logit transform, a scaled hidden state, a second head).
 
+    What it costs is bounded, whatever the vocabulary and length: one row of the batch (cut after its last sampled
+    position), and at most a quarter of one LM-head chunk of response positions, spread over that row's response
+    (first and last included). The model's own forward projects only those positions (``logits_to_keep``, or its
+    head's input sliced where the forward lacks that argument), so neither [rows, T, V] nor [M, V] logits exist.
+
     Run once per model, on its first batch (``sequence_logps``), in eval mode so that dropout cannot differ. Every
-    rank runs it on its own first batch, so sharded engines see the same calls everywhere.
+    rank runs it on its own first batch and calls the model twice, so sharded engines see the same calls everywhere.
     """
     lm = causal_lm_of(model)
-    targets = ResponseTargets(batch["target_positions"], batch["target_ids"])
-    dtype = getattr(lm, "dtype", torch.float32)
+    vocab = lm.config.get_text_config().vocab_size
+    budget = max(1, chunk_size_for(vocab, getattr(lm, PATCH_MARK, 0) or 0) // CHECK_SHARE_OF_CHUNK)
+    sample, columns = check_sample(batch, budget)
+    inputs = model_inputs(sample, getattr(lm, "dtype", torch.float32))
+    ids = sample["target_ids"]
     training = model.training
     model.eval()
     try:
-        fused = model(**model_inputs(batch, dtype), response_targets=targets)
-        logits = model(**model_inputs(batch, dtype), use_cache=False).logits
+        fused = model(**inputs, response_targets=ResponseTargets(columns, ids))  # one row: flat positions = columns
+        logits = _own_logits_at(model, lm, inputs, columns)  # [1, k, V]
     finally:
         model.train(training)
-    plain = _token_logps_of_logits(logits, targets)
+    plain = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, ids[:, None]).squeeze(-1)
     computed_in = logits.dtype  # bf16 under autocast or a sharded engine's mixed precision, whatever ``dtype`` says
     tolerance = FUSED_TOLERANCE.get(computed_in, FUSED_TOLERANCE_16BIT)
     gap = (fused - plain).abs().max().item() if fused.numel() else 0.0
@@ -122,6 +136,46 @@ def verify_fused_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
             "this model family computes its logits in a way amapo's patched forward does not know; please report it"
         )
     setattr(lm, VERIFIED_MARK, True)
+
+
+def check_sample(batch: dict[str, torch.Tensor], budget: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One row of ``batch`` (the first that holds a response token), cut after the last of up to ``budget`` of its
+    response positions, evenly spread; returns that one-row batch (``target_ids`` the sampled tokens) and the
+    sampled columns. Any layout: a padded row is a sequence, a shared-prompt row a pair, a packed row everything.
+    """
+    width = batch["input_ids"].shape[1]
+    rows = batch["target_positions"] // width
+    row = int(rows[0]) if rows.numel() else 0
+    mine = torch.nonzero(rows == row).reshape(-1)
+    if mine.numel() > budget:  # evenly spaced, first and last kept
+        mine = mine[torch.linspace(0, mine.numel() - 1, budget, device=mine.device).round().long().unique()]
+    columns = batch["target_positions"][mine] - row * width
+    end = int(columns.max()) + 1 if columns.numel() else 1
+    keys = ("input_ids", "position_ids", "attention_mask", "segment_ids")
+    sample = {key: batch[key][row : row + 1, :end] for key in keys if batch.get(key) is not None}
+    sample["target_ids"] = batch["target_ids"][mine]
+    return sample, columns
+
+
+def _own_logits_at(model, lm, inputs: dict, columns: torch.Tensor) -> torch.Tensor:
+    """The model's own forward, its logits at ``columns`` of the one row only: [1, k, V]."""
+    if "logits_to_keep" in inspect.signature(type(lm).forward).parameters:
+        return model(**inputs, use_cache=False, logits_to_keep=columns).logits
+    # A forward without ``logits_to_keep`` (remote code): slice the head's input [1, T, H], as logits_to_keep would.
+    width = inputs["input_ids"].shape[1]
+
+    def keep_columns(module, args, kwargs):
+        hidden = args[0]
+        if hidden.dim() == 3 and hidden.shape[1] == width:
+            return (hidden[:, columns], *args[1:]), kwargs
+        return None
+
+    handle = lm.get_output_embeddings().register_forward_pre_hook(keep_columns, with_kwargs=True)
+    try:
+        logits = model(**inputs, use_cache=False).logits
+    finally:
+        handle.remove()
+    return logits if logits.shape[1] == columns.numel() else logits[:, columns]
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
