@@ -1,26 +1,45 @@
 #!/usr/bin/env python
-"""The GPU check of issue 13, steps 2 to 5 (``benchmarks/gpu_check.sh`` installs what is missing, then runs this).
+"""The GPU check in two parts, each one command that ends within 6 minutes on one H200 (``benchmarks/gpu_check.sh``
+installs what is missing, then runs this):
 
-    python benchmarks/gpu_check.py OUT [--size full|toy]
+    python benchmarks/gpu_check.py OUT --part 1|2 [--size full|toy] [--deadline SECONDS]
 
-Everything it writes goes to OUT (at most 6 files, so that a device machine's 8-file return takes them all):
-``gpu_check.json`` (every number), ``gpu_check.md`` (the tables), ``preference_step.json`` / ``.md`` (the
-benchmark's own output) and ``gpu_check.log`` (each command and the tail of a failed one's output). Models, data and
-run folders go to a work folder outside OUT (``--workdir``, default a temp folder).
+**Part 1: speed and memory.**
 
-1. **Throughput and memory** (``benchmarks/preference_step.py``, bf16 on a GPU): amapo-amapo, amapo-simpo,
-   trl-cpo-simpo, trl-dpo and liger-simpo (when liger-kernel imports) on one random-init Llama-3-architecture model
-   (``full``: hidden 2048, 8 layers, MLP 8192, 16 heads, 8 key/value heads, vocabulary 128,256; 8 pairs of 1-2k
-   tokens a step).
-2. **Sharded engines** (``amapo train``, 5 steps, fp32 so that differences are the engines' own): plainly, under
+1. ``benchmarks/preference_step.py`` in bf16 on Llama-3-8B layers (hidden 4096, MLP 14336, 32 query / 8 key-value
+   heads, vocabulary 128,256; ``full``: 4 of its 32 layers, see below), 8 pairs a step, in priority order:
+   amapo-amapo against TRL's CPOTrainer SimPO, TRL with ``use_liger_kernel`` and the Liger loop at 1-2k words per
+   prompt + response, 2 alternating rounds; the same four and TRL DPO at 4-8k words (1 round; where a framework
+   runs out of memory, that is the measurement); amapo-simpo (its step-1 loss against TRL's) and TRL DPO at 1-2k.
+   An unmeasured warm-up worker goes first. The benchmark's table, per-round medians, first-step vs steady CUDA
+   peaks, MFU (attention FLOPs counted, against the measured bf16 matmul peak) and the memory headroom.
+2. ``benchmarks/gpu_profile.py``: two steps of amapo-amapo and of TRL under ``torch.profiler`` at 1-2k words.
+
+**Part 2: correctness on CUDA.**
+
+3. Sharded engines (``amapo train``, 5 steps, fp32 so that differences are the engines' own): plainly, under
    DeepSpeed ZeRO-3 and under FSDP2 (``accelerate launch`` with the packaged ``zero3.yaml`` / ``fsdp.yaml``, one
    process per GPU, at most 2, no mixed precision). Per-step losses and final weights against the plain run.
-3. **Layouts**: ``packed`` with an attention that reads sequence boundaries from position ids (flash-attention 2 if
-   it imports, else sdpa, which builds the block mask from them) against ``padded``: per-step losses and tokens/s.
+4. Layouts: ``packed`` with an attention that reads sequence boundaries from position ids (flash-attention 2 if
+   it imports, else sdpa) against ``padded``: per-step losses, final weights, samples/s.
+5. The default ``amapo train`` (the built-in recipe) on CUDA: exit status, wall time, accuracies.
 
-``toy`` runs the same steps at toy size (vocabulary 300, hidden 32), on a CPU too: the test suite does, so that a
-GPU session spends its minutes running, not debugging. A step that fails is reported as failed and the rest go on;
-the exit status is 1 if any step failed.
+**Time.** Every step has a time box; a step that overruns is stopped (its whole process group) and reported as
+such, and the steps after it still run. The part as a whole ends by ``--deadline`` seconds (``gpu_check.sh`` passes
+what is left of its 6 minutes after installing); the benchmark also gets a time budget, so it leaves out the
+workers at the end of its plan that would not finish, and reports them as not run. Sizes come from the H200 run of
+2026-12-04 (``benchmarks/results/h200-2026-12-04-*``): a benchmark worker took 19-31 s at hidden 2048 x 8 layers and
+1-2k words (most of it start-up: imports, loading, the first step), the engines 21-34 s per run, the layouts 23-28 s,
+the default run 40 s. Four 8B layers keep a worker near 20 s at 1-2k; all 32 would fit a full AdamW fine-tune on the
+H200 (bf16 weights, gradients and AdamW states: 64 GB) but take minutes per worker.
+
+**Files.** Each part writes at most 8 files to OUT: ``gpu_check.json`` (every number), ``gpu_check.md`` (the
+tables), ``gpu_check.log`` (each command, and the tail of a failed or stopped one's output); part 1 adds
+``preference_step.json`` / ``.md`` and ``gpu_profile.json`` / ``.md``; part 2 adds ``default_train.log``. Models,
+data and run folders go to ``--workdir`` (default a temp folder).
+
+``toy`` runs the same steps at toy size (vocabulary 311, hidden 32), on a CPU too: the test suite does, so that a GPU
+session spends its minutes running, not debugging. The exit status is 1 if any step failed or was stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,28 +62,49 @@ from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+LLAMA3_8B_LAYERS = ["--hidden_size", "4096", "--intermediate_size", "14336", "--num_heads", "32", "--num_kv_heads", "8"]
+PEERS = "trl-cpo-simpo trl-cpo-simpo-liger liger-simpo"
+FAST = "amapo-amapo+flex+liger-head+liger-kernels"  # amapo's GPU options together, but compile (minutes of start-up)
+OPTIONS_ALONE = ("amapo-amapo amapo-amapo+flex amapo-amapo+liger-head amapo-amapo+compiled-head "
+                 "amapo-amapo+liger-kernels amapo-amapo+compile amapo-amapo+flex+liger-head+liger-kernels+compile")
 SIZES = {
     "full": {
-        "benchmark": ["--vocab", "128256", "--hidden_size", "2048", "--num_layers", "8", "--intermediate_size", "8192",
-                      "--num_heads", "16", "--num_kv_heads", "8", "--batch", "8", "--min_len", "1024",
-                      "--max_len", "2048", "--steps", "3", "--warmup", "1", "--rounds", "1", "--no_losscheck"],
-        "frameworks": ["amapo-amapo", "amapo-simpo", "trl-cpo-simpo", "trl-dpo", "liger-simpo"],
+        "model": ["--vocab", "128256", *LLAMA3_8B_LAYERS, "--num_layers", "4", "--batch", "8"],
+        "benchmark": ["--steps", "2", "--warmup", "1", "--no_losscheck"],
+        "plan": f"1024:2048 x2: amapo-amapo {FAST} {PEERS}; 4096:8192 x1: amapo-amapo {FAST} {PEERS} trl-dpo; "
+                "1024:2048 x1: amapo-simpo trl-dpo",
+        "options_plan": f"1024:2048 x1: {OPTIONS_ALONE}",
+        "profile": ["--min_len", "1024", "--max_len", "2048"],
         "engines_model": {"vocab": 128256, "hidden_size": 512, "num_hidden_layers": 4, "intermediate_size": 1536,
                           "num_attention_heads": 8, "num_key_value_heads": 4},
         "pairs": {"min_len": 128, "max_len": 512},
         "chunk": 0,  # amapo's default LM-head chunk
+        "default_train": [],
+        # seconds: the whole part, and each step's box (a step gets at most what is left)
+        "deadline": 345,
+        "boxes": {"benchmark": 285, "profile": 60, "engines": 130, "layouts": 75, "default_train": 75,
+                  "options": 345},
     },
     "toy": {
-        "benchmark": ["--vocab", "300", "--min_len", "24", "--max_len", "48", "--batch", "4", "--steps", "1",
-                      "--warmup", "0", "--rounds", "1", "--no_losscheck", "--threads", "1"],
-        "frameworks": ["amapo-amapo", "trl-cpo-simpo"],
-        "engines_model": {"vocab": 300, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
+        "model": ["--vocab", "311", "--batch", "4", "--threads", "1", "--hidden_size", "32", "--num_layers", "2",
+                  "--intermediate_size", "64", "--num_heads", "4", "--num_kv_heads", "2"],
+        "benchmark": ["--steps", "1", "--warmup", "1", "--no_losscheck"],
+        "plan": "24:48 x2: amapo-amapo trl-cpo-simpo; 64:96 x1: amapo-amapo trl-cpo-simpo",
+        "options_plan": "24:48 x1: amapo-amapo amapo-amapo+compiled-head amapo-amapo+flex",  # flex: not on a CPU
+        "profile": ["--min_len", "24", "--max_len", "48"],
+        "engines_model": {"vocab": 311, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
                           "num_attention_heads": 4, "num_key_value_heads": 2},
         "pairs": {"min_len": 16, "max_len": 48},
         "chunk": 8,  # several head chunks per rank even at toy size
+        "default_train": ["--max_steps", "3", "--eval_datasets", "none"],
+        "deadline": 900,
+        "boxes": {"benchmark": 300, "profile": 120, "engines": 300, "layouts": 150, "default_train": 150,
+                  "options": 300},
     },
 }  # fmt: skip
+PARTS = {1: ("benchmark", "profile"), 2: ("engines", "layouts", "default_train", "options")}
 STEPS, BATCH = 5, 8
+MIN_BOX = 15  # seconds: a step with less time left than this is not started
 
 
 def load_benchmark_module():
@@ -74,12 +115,14 @@ def load_benchmark_module():
 
 
 class Check:
-    def __init__(self, out: Path, workdir: Path, size: str) -> None:
-        self.out, self.workdir, self.size = out, workdir, SIZES[size]
+    def __init__(self, out: Path, workdir: Path, size: str, part: int, deadline: float) -> None:
+        self.out, self.workdir, self.size, self.part = out, workdir, SIZES[size], part
         self.cuda = torch.cuda.is_available()
+        self.device = "cuda" if self.cuda else "cpu"
         self.gpus = torch.cuda.device_count()
-        self.report: dict = {"size": size, "device": torch.cuda.get_device_name(0) if self.cuda else "cpu",
-                             "gpus": self.gpus, "steps": {}}  # fmt: skip
+        self.end = time.perf_counter() + deadline
+        self.report: dict = {"size": size, "part": part, "device": torch.cuda.get_device_name(0) if self.cuda
+                             else "cpu", "gpus": self.gpus, "deadline_s": deadline, "steps": {}}  # fmt: skip
         self.log_file = out / "gpu_check.log"
 
     def log(self, text: str) -> None:
@@ -88,35 +131,86 @@ class Check:
         with self.log_file.open("a") as f:
             f.write(line + "\n")
 
-    def run(self, command: list[str], name: str, timeout: float = 600) -> bool:
-        self.log(f"{name}: {shlex.join(command)}")
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def box(self, step: str) -> float:
+        """This step's time box: its own, or what is left of the part's deadline if less."""
+        return min(self.size["boxes"][step], self.left())
+
+    def run(self, command: list[str], name: str, timeout: float, log_to: Path | None = None) -> dict:
+        """Run ``command`` in its own process group; past ``timeout`` the whole group (a benchmark's workers too) is
+        stopped. Returns ok, seconds and whether it was stopped; the output goes to ``log_to`` when given."""
+        self.log(f"{name} (time box {timeout:.0f} s): {shlex.join(command)}")
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=REPO, start_new_session=True)  # fmt: skip
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-            ok, tail = result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-        except subprocess.TimeoutExpired as e:
-            ok, tail = False, f"timed out after {timeout:.0f} s\n{str(e.stdout or '')[-2000:]}"
+            output, _ = proc.communicate(timeout=max(timeout, 1))
+            stopped = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            stopped = True
         seconds = time.perf_counter() - start
-        self.log(f"{name}: {'ok' if ok else 'FAILED'} in {seconds:.1f} s" + ("" if ok else f"\n{tail}"))
-        return ok
+        ok = proc.returncode == 0 and not stopped
+        if log_to is not None:
+            log_to.write_text(output)
+        status = "ok" if ok else (f"STOPPED at its time box ({timeout:.0f} s)" if stopped else "FAILED")
+        self.log(f"{name}: {status} in {seconds:.1f} s" + ("" if ok else f"\n{output[-4000:]}"))
+        return {"ok": ok, "stopped": stopped, "seconds": round(seconds, 1)}
 
-    # --- 1. throughput and memory --------------------------------------------------------------------------
+    def not_run(self, step: str) -> None:
+        self.log(f"{step}: not run: {self.left():.0f} s left of the part's deadline")
+        self.report["steps"][step] = {"ok": False, "not_run": True}
 
-    def benchmark(self) -> None:
-        out = self.out / "preference_step.json"
-        command = [sys.executable, str(HERE / "preference_step.py"), *self.size["benchmark"], "--frameworks",
-                   *self.size["frameworks"], "--out", str(out), "--workdir", str(self.workdir / "benchmark"),
-                   "--device", "cuda" if self.cuda else "cpu"]  # fmt: skip
-        ok = self.run(command, "benchmark", timeout=420)
-        entry = {"ok": ok and out.exists()}
+    # --- 1. throughput and memory, 2. the profile -----------------------------------------------------------
+
+    def benchmark(self, step: str = "benchmark", plan_key: str = "plan") -> None:
+        """``preference_step.py`` on the size's ``plan_key``, within the step's box (part 1 keeps the profile's)."""
+        out = self.out / f"{'preference_step' if step == 'benchmark' else step}.json"
+        reserve = self.size["boxes"]["profile"] if step == "benchmark" else 0
+        box = min(self.box(step), self.left() - reserve)
+        command = [sys.executable, str(HERE / "preference_step.py"), *self.size["model"], *self.size["benchmark"],
+                   "--plan", self.size[plan_key], "--time_budget", str(int(max(box - 20, 1))), "--out", str(out),
+                   "--workdir", str(self.workdir / "benchmark"), "--device", self.device]  # fmt: skip
+        if step != "benchmark":
+            command.append("--no-warmup_worker")  # the GPU is warm: part 2's runs came before
+        entry = self.run(command, step, timeout=box)
+        entry["ok"] = entry["ok"] and out.exists()
         if out.exists():
             report = json.loads(out.read_text())
-            entry["summary"] = {v: data["summary"] for v, data in report["vocabs"].items() if "summary" in data}
+            entry["summary"] = {key: case["summary"] for key, case in report["cases"].items() if "summary" in case}
+            entry["not_run"] = sorted(
+                {
+                    f"{key}: {name}"
+                    for key, case in report["cases"].items()
+                    for name, runs in case["runs"].items()
+                    for run in runs
+                    if run.get("skipped")
+                }
+            )
             entry["liger"] = report.get("liger")
-        self.report["steps"]["benchmark"] = entry
+        self.report["steps"][step] = entry
 
-    # --- 2. sharded engines --------------------------------------------------------------------------------
+    def options(self) -> None:
+        """Issue 26: amapo's GPU options one by one (and with compile) at 1-2k words, in what part 2 leaves."""
+        self.benchmark("options", "options_plan")
+
+    def profile(self) -> None:
+        command = [sys.executable, str(HERE / "gpu_profile.py"), str(self.out), *self.size["model"],
+                   *self.size["profile"], "--workdir", str(self.workdir / "benchmark"),
+                   "--device", self.device]  # fmt: skip
+        entry = self.run(command, "profile", timeout=self.box("profile"))
+        path = self.out / "gpu_profile.json"
+        entry["ok"] = entry["ok"] and path.exists()
+        if path.exists():
+            entry["frameworks"] = {name: {k: v for k, v in r.items() if k in ("wall_ms_per_step", "share", "error")}
+                                   for name, r in json.loads(path.read_text())["frameworks"].items()}  # fmt: skip
+        self.report["steps"]["profile"] = entry
+
+    # --- 3. sharded engines --------------------------------------------------------------------------------
 
     def engines_data(self) -> tuple[Path, Path]:
         """A random-init Llama (fp32) and STEPS * BATCH pairs, built with the benchmark's own builders."""
@@ -165,48 +259,94 @@ class Check:
                 str(self.accelerate_config(config, processes)), "--main_process_port", str(29500 + len(runs)),
                 *program, *self.train_command(model_dir, data, self.workdir / engine, processes=processes),
             ]  # fmt: skip
-        results = {}
-        for name, command in runs.items():
-            start = time.perf_counter()
-            ok = self.run(command, f"train {name}")
-            results[name] = {"ok": ok, "seconds": round(time.perf_counter() - start, 1)}
-            if ok:
-                results[name]["losses"] = step_losses(self.workdir / name)
+        results = self.run_within("engines", runs, lambda name: self.workdir / name)
         plain = self.workdir / "plain"
         for name in ("zero3", "fsdp2"):
             if results[name]["ok"] and results["plain"]["ok"]:
                 results[name] |= compare_runs(plain, self.workdir / name)
         self.report["steps"]["engines"] = {"processes": processes, "runs": results}
 
-    # --- 3. layouts ----------------------------------------------------------------------------------------
+    def run_within(self, step: str, commands: dict[str, list[str]], output_of) -> dict[str, dict]:
+        """Run ``commands`` one after the other inside ``step``'s time box; each gets what is left of it; the step
+        losses of each run that ended well (``output_of(name)``: its output folder)."""
+        end = time.perf_counter() + self.box(step)
+        results = {}
+        for name, command in commands.items():
+            left = end - time.perf_counter()
+            if left < MIN_BOX:
+                self.log(f"{step} {name}: not run: {max(left, 0):.0f} s left of the step's time box")
+                results[name] = {"ok": False, "not_run": True}
+                continue
+            results[name] = self.run(command, f"{step} {name}", timeout=left)
+            if results[name]["ok"]:
+                results[name]["losses"] = step_losses(output_of(name))
+        return results
+
+    # --- 4. layouts ----------------------------------------------------------------------------------------
 
     def layouts(self, model_dir: Path, data: Path) -> None:
         attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") and self.cuda else "sdpa"
         precision = ["--bf16", "true"] if self.cuda else []
-        results = {}
-        for layout in ("padded", "packed"):
-            output = self.workdir / f"layout-{layout}"
-            command = [sys.executable, "-m", "amapo.cli",
-                       *self.train_command(model_dir, data, output, "--batch_layout", layout,
-                                           "--attn_implementation", attention, *precision)]  # fmt: skip
-            ok = self.run(command, f"layout {layout}")
-            results[layout] = {"ok": ok}
-            if ok:
-                results[layout]["losses"] = step_losses(output)
-                results[layout]["train_samples_per_second"] = train_result(output).get("train_samples_per_second")
+        commands = {
+            layout: [
+                sys.executable,
+                "-m",
+                "amapo.cli",
+                *self.train_command(
+                    model_dir,
+                    data,
+                    self.workdir / f"layout-{layout}",
+                    "--batch_layout",
+                    layout,
+                    "--attn_implementation",
+                    attention,
+                    *precision,
+                ),
+            ]
+            for layout in ("padded", "packed")
+        }
+        results = self.run_within("layouts", commands, lambda layout: self.workdir / f"layout-{layout}")
+        for layout, run in results.items():
+            if run["ok"]:
+                run["train_samples_per_second"] = train_result(self.workdir / f"layout-{layout}").get(
+                    "train_samples_per_second"
+                )
         if all(r["ok"] for r in results.values()):
             results["packed"] |= compare_runs(self.workdir / "layout-padded", self.workdir / "layout-packed")
         self.report["steps"]["layouts"] = {"attention": attention, "runs": results}
+
+    # --- 5. the default amapo train ------------------------------------------------------------------------
+
+    def default_train(self) -> None:
+        """``amapo train`` with no options but a fresh cache and output folder (the README's first command)."""
+        output = self.workdir / "default-train"
+        os.environ["AMAPO_CACHE"] = str(self.workdir / "amapo-cache")  # built here, never the user's
+        command = [sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(output),
+                   *self.size["default_train"]]  # fmt: skip
+        entry = self.run(command, "default_train", timeout=self.box("default_train"),
+                         log_to=self.out / "default_train.log")  # fmt: skip
+        results = output / "results.json"
+        if entry["ok"] and results.exists():
+            summary = json.loads(results.read_text())
+            entry["train"] = {k: v for k, v in summary["train"].items() if k in ("train_loss", "train_runtime")}
+            entry["accuracy_after"] = {k.removeprefix("eval_").removesuffix("_rewards/accuracies"): v
+                                       for k, v in summary.get("eval_after", {}).items()
+                                       if k.endswith("_rewards/accuracies")}  # fmt: skip
+        self.report["steps"]["default_train"] = entry
 
     # --- the report ----------------------------------------------------------------------------------------
 
     def write(self) -> bool:
         (self.out / "gpu_check.json").write_text(json.dumps(self.report, indent=2))
-        (self.out / "gpu_check.md").write_text(markdown(self.report, self.out / "preference_step.md"))
-        steps = self.report["steps"]
-        failed = [n for n, s in steps.items() if not s.get("ok", all(r["ok"] for r in s.get("runs", {}).values()))]
-        self.log(f"done: {', '.join(failed) + ' failed' if failed else 'every step ran'}; results in {self.out}")
+        (self.out / "gpu_check.md").write_text(markdown(self.report, self.out))
+        failed = [name for name, step in self.report["steps"].items() if not step_ok(step)]
+        self.log(f"done: {', '.join(failed) + ' failed or not run' if failed else 'every step ran'}; "
+                 f"results in {self.out}")  # fmt: skip
         return not failed
+
+
+def step_ok(step: dict) -> bool:
+    return step.get("ok", bool(step.get("runs")) and all(r["ok"] for r in step.get("runs", {}).values()))
 
 
 def step_losses(output: Path) -> list[float]:
@@ -230,19 +370,38 @@ def compare_runs(reference: Path, other: Path) -> dict:
     }
 
 
-def markdown(report: dict, benchmark_md: Path) -> str:
-    lines = [f"# GPU check ({report['size']}): {report['device']}, {report['gpus']} GPU(s)", ""]
-    if benchmark_md.exists():
-        lines += ["## Throughput and memory (benchmarks/preference_step.py)", "", benchmark_md.read_text(), ""]
+def markdown(report: dict, out: Path) -> str:
+    lines = [f"# GPU check part {report['part']} ({report['size']}): {report['device']}, {report['gpus']} GPU(s)", ""]
+    for name, step in report["steps"].items():
+        if not step_ok(step):
+            why = (
+                "not run (out of time)"
+                if step.get("not_run")
+                else "stopped at its time box"
+                if step.get("stopped")
+                else "FAILED"
+            )
+            lines += [f"**{name}: {why}** (see gpu_check.log)", ""]
+    for title, file in (("Throughput and memory (benchmarks/preference_step.py)", "preference_step.md"),
+                        ("Where the time goes (benchmarks/gpu_profile.py)", "gpu_profile.md"),
+                        ("amapo's GPU options one by one (benchmarks/preference_step.py)", "options.md")):  # fmt: skip
+        if (out / file).exists():
+            lines += [f"## {title}", "", (out / file).read_text(), ""]
     engines = report["steps"].get("engines")
-    if engines:
+    if engines and engines.get("runs"):
         title = f"## Sharded engines: amapo train, {STEPS} steps, fp32, {engines['processes']} process(es)"
-        lines += comparison_table(title, "run", "seconds", "plain", engines["runs"], lambda run: run["seconds"])
+        lines += comparison_table(title, "run", "seconds", "plain", engines["runs"], lambda run: run.get("seconds"))
     layouts = report["steps"].get("layouts")
-    if layouts:
+    if layouts and layouts.get("runs"):
         title = f"## Layouts: packed vs padded, attention {layouts['attention']}"
         speed = lambda run: fmt(run.get("train_samples_per_second"))  # noqa: E731
         lines += comparison_table(title, "layout", "samples/s", "padded", layouts["runs"], speed)
+    default = report["steps"].get("default_train")
+    if default and not default.get("not_run"):
+        accuracy = ", ".join(f"{k} {v:.3f}" for k, v in default.get("accuracy_after", {}).items()) or "-"
+        lines += ["## The default `amapo train` (built-in recipe)", "",
+                  f"ok {default['ok']}, {default['seconds']} s wall, train {default.get('train', {})}; ranking "
+                  f"accuracy after training: {accuracy}", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -264,22 +423,25 @@ def fmt(value) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="where the results go")
+    parser.add_argument("--part", type=int, choices=sorted(PARTS), required=True)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds the part may take (default: the size's)")
     parser.add_argument("--workdir", type=Path, default=None, help="models and run folders (default: a temp folder)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["benchmark", "engines", "layouts"])
     a = parser.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="amapo-gpu-check-"))
-    check = Check(a.out, workdir, a.size)
-    check.log(f"size {a.size}, device {check.report['device']}, work folder {workdir}")
-    if "benchmark" not in a.skip:
-        check.benchmark()
-    if {"engines", "layouts"} - set(a.skip):
-        model_dir, data = check.engines_data()
-        if "engines" not in a.skip:
-            check.engines(model_dir, data)
-        if "layouts" not in a.skip:
-            check.layouts(model_dir, data)
+    deadline = a.deadline if a.deadline is not None else SIZES[a.size]["deadline"]
+    check = Check(a.out, workdir, a.size, a.part, deadline)
+    check.log(f"part {a.part}, size {a.size}, device {check.report['device']}, {deadline:.0f} s, work folder {workdir}")
+    engines_data = None
+    for step in PARTS[a.part]:
+        if check.left() < MIN_BOX:
+            check.not_run(step)
+        elif step in ("engines", "layouts"):
+            engines_data = engines_data or check.engines_data()
+            getattr(check, step)(*engines_data)
+        else:
+            getattr(check, step)()
     return 0 if check.write() else 1
 
 

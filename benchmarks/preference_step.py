@@ -20,12 +20,17 @@ For every vocabulary size V (default 32000 and 128256) the script builds, once, 
 
 Each framework then trains ``warmup + steps`` optimizer steps on that same file, in a fresh subprocess (so peak
 RSS is per framework), and the parent alternates them: for each round, each framework once (the order rotates
-between rounds). Every Trainer-based worker uses ``train_sampling_strategy="sequential"`` (no shuffling), so
-step k of every framework trains pairs [k*B, (k+1)*B) of the file: the same batches everywhere, and the step-1
-losses (computed before any update) must agree between implementations of the same loss.
+between rounds). ``--plan`` gives several lengths (groups of length, rounds and frameworks, run in order; one table
+per vocabulary and length, and a memory-headroom table across lengths); ``--time_budget`` leaves out the workers
+at the end of the plan that would not finish in time. Every Trainer-based worker uses
+``train_sampling_strategy="sequential"`` (no shuffling), so step k of every framework trains pairs
+[k*B, (k+1)*B) of the file: the same batches everywhere, and the step-1 losses (computed before any update) must
+agree between implementations of the same loss.
 
 Frameworks: ``amapo-simpo``, ``amapo-amapo``, ``amapo-dpo`` (this project's ``run_training``),
-``trl-cpo-simpo`` (TRL's ``CPOTrainer``, loss_type="simpo", cpo_alpha=0 i.e. pure SimPO), ``trl-dpo`` (TRL's
+``trl-cpo-simpo`` (TRL's ``CPOTrainer``, loss_type="simpo", cpo_alpha=0 i.e. pure SimPO), ``trl-cpo-simpo-liger``
+(the same with ``use_liger_kernel=True``: Liger's RMSNorm, SwiGLU and RoPE kernels in the model; GPU only, not in
+the default set), ``trl-dpo`` (TRL's
 ``DPOTrainer``, reference model loaded by TRL from the same folder), ``liger-simpo`` (a hand-written loop: the
 backbone's hidden states into Liger's ``LigerFusedLinearSimPOLoss`` with the LM head weight; only when
 ``liger-kernel`` imports). SimPO everywhere: beta 2.0, gamma 1.0 (amapo: gamma_beta_ratio 0.5). DPO: beta 0.1.
@@ -107,7 +112,9 @@ order of the sections above:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -122,7 +129,18 @@ _BENCHMARKS = str(Path(__file__).resolve().parent)
 if _BENCHMARKS not in sys.path:
     sys.path.insert(0, _BENCHMARKS)
 
-from prefstep.common import FRAMEWORKS, GB, REPO_ROOT, liger_status  # noqa: E402
+from prefstep.common import (  # noqa: E402
+    AMAPO_OPTIONS,
+    DEFAULT_FRAMEWORKS,
+    FRAMEWORKS,
+    GPU_ONLY_FRAMEWORKS,
+    GPU_ONLY_OPTIONS,
+    LIGER_FRAMEWORKS,
+    REPO_ROOT,
+    framework_options,
+    known_framework,
+    liger_status,
+)
 from prefstep.data import (  # noqa: E402  (build_tokenizer, build_model, make_pairs: gpu_check.py calls them here)
     build_model,
     build_tokenizer,
@@ -132,7 +150,14 @@ from prefstep.data import (  # noqa: E402  (build_tokenizer, build_model, make_p
     step_token_stats,
 )
 from prefstep.measure import machine_info  # noqa: E402
-from prefstep.report import phases_text, report_header, summarize, vocab_section  # noqa: E402
+from prefstep.plan import TimeBudget, parse_plan, plan_frameworks, rotated  # noqa: E402
+from prefstep.report import (  # noqa: E402
+    case_section,
+    headroom_section,
+    progress_text,
+    report_header,
+    summarize,
+)
 from prefstep.runner import baseline_frameworks, probe_device, run_worker  # noqa: E402
 from prefstep.workers import worker_main  # noqa: E402
 
@@ -151,7 +176,16 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="times each framework runs, alternating")
     p.add_argument("--warmup_worker", action=argparse.BooleanOptionalAction, default=True,
                    help="run one unmeasured worker (the first framework) before the rounds")  # fmt: skip
-    p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
+    p.add_argument("--frameworks", nargs="+", default=list(DEFAULT_FRAMEWORKS),
+                   help=f"any of {', '.join(FRAMEWORKS)}; an amapo one may add +OPTION ... "
+                   f"({', '.join(AMAPO_OPTIONS)}), e.g. amapo-amapo+flex+compile")  # fmt: skip
+    p.add_argument("--plan", default=None, metavar="'MIN:MAX xR: F ...; ...'",
+                   help="groups of (length, rounds, frameworks) run in this order, instead of --min_len, --max_len, "
+                   "--rounds and --frameworks (e.g. '1024:2048 x2: amapo-amapo trl-cpo-simpo; 4096:8192 x1: "
+                   "amapo-amapo')")  # fmt: skip
+    p.add_argument("--time_budget", type=float, default=0,
+                   help="seconds the run may take (0: no limit); a worker that would end past it is not started "
+                   "and is reported as not run")  # fmt: skip
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<cpu|cuda>.json)")
     p.add_argument("--lr", type=float, default=1e-6, help="constant learning rate")
     p.add_argument("--seed", type=int, default=0, help="model init, data and trainer seed")
@@ -182,11 +216,18 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--output_dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--with_liger", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile_trace", default=None, help=argparse.SUPPRESS)  # gpu_profile.py: a trace of the last steps
     a = p.parse_args(argv)
     if a.min_len < 2 or a.max_len < a.min_len:
         p.error("need 2 <= min_len <= max_len")
     if a.batch < 1 or a.steps < 1 or a.warmup < 0 or a.rounds < 1:
         p.error("need batch >= 1, steps >= 1, warmup >= 0, rounds >= 1")
+    unknown = [name for name in [*plan_frameworks(a.plan), *a.frameworks] if not known_framework(name)]
+    if unknown:
+        p.error(
+            f"unknown frameworks {unknown} (choose from {', '.join(FRAMEWORKS)}; amapo ones may add "
+            f"+OPTION: {', '.join(AMAPO_OPTIONS)})"
+        )
     return a
 
 
@@ -203,11 +244,13 @@ def parent_main(a) -> int:
 
     liger_ok, liger_text = liger_status()
     a.with_liger = liger_ok
-    frameworks = list(dict.fromkeys(a.frameworks))
-    if "liger-simpo" in frameworks and not liger_ok:
-        frameworks.remove("liger-simpo")
+    frameworks, dropped = runnable_frameworks(plan_frameworks(a.plan) or a.frameworks, liger_ok, cuda)
     liger_line = f"liger: available ({liger_text})" if liger_ok else f"liger: not available ({liger_text})"
-    baseline_src = baseline_frameworks(a, frameworks)  # adds NAME@commit beside each amapo framework
+    groups = parse_plan(a.plan, a, frameworks)
+    baseline_src = {}
+    for group in groups:  # NAME@commit beside each amapo framework
+        baseline_src |= baseline_frameworks(a, group.frameworks)
+    lengths = list(dict.fromkeys((g.min_len, g.max_len) for g in groups))
 
     n_steps = a.warmup + a.steps
     n_pairs = a.pairs or max(a.batch * n_steps, a.losscheck_batch) + a.batch
@@ -216,6 +259,7 @@ def parent_main(a) -> int:
 
     workdir = Path(a.workdir).resolve() if a.workdir else Path(tempfile.mkdtemp(prefix="preference_step_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    budget = TimeBudget(a.time_budget)
     machine = machine_info(cuda)
     probe = probe_device(a, workdir)
     peak = probe["peak_matmul"]
@@ -227,6 +271,8 @@ def parent_main(a) -> int:
           + (f", GPU {machine['gpu']}" if cuda else "") + f", torch threads {machine['torch_threads']}")  # fmt: skip
     print("versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()))
     print(liger_line)
+    for name, why in dropped.items():
+        print(f"{name}: not run ({why})")
     print(f"work folder: {workdir}")
 
     print(f"peak matmul: {peak['gflops_per_s']:.1f} GFLOP/s ({peak['what']}, {peak['threads']} threads)")
@@ -236,79 +282,91 @@ def parent_main(a) -> int:
         "machine": machine,
         "liger": liger_line,
         "settings": {
-            k: v for k, v in vars(a).items() if k not in ("worker", "model_dir", "data", "output_dir", "with_liger")
+            k: v
+            for k, v in vars(a).items()
+            if k not in ("worker", "model_dir", "data", "output_dir", "with_liger", "profile_trace")
         }
-        | {"frameworks_run": frameworks, "pairs": n_pairs, "device": a.device},
+        | {
+            "frameworks_run": frameworks,
+            "not_run": dropped,
+            "pairs": n_pairs,
+            "device": a.device,
+            "plan": [vars(g) for g in groups],
+        },
         "peak_matmul": peak,
         "flops_definition": "6*N_nonembedding*tokens + 6*hidden*vocab*response_tokens + 6*layers*hidden*sum(len^2), "
         "x4/3 for reference-based losses (see the script's docstring)",
-        "vocabs": {},
+        "cases": {},
     }
     tables = []
+
+    def save() -> None:  # partial results survive a crash or a stopped run
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, default=str))
+
     try:
         for vocab in a.vocab:
             print(f"\n=== vocab {vocab} ===", flush=True)
             model_dir = workdir / f"model-v{vocab}"
             model_dir.mkdir(parents=True, exist_ok=True)
             build_tokenizer(vocab, model_dir)
-            model_info = build_model(vocab, model_dir, a.seed, a.max_len, cuda, model_shape(a))
-            rows = make_pairs(n_pairs, vocab, a.min_len, a.max_len, a.seed)
-            data = workdir / f"pairs-v{vocab}.jsonl"
-            data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-            steps = step_token_stats(rows, a.batch, n_steps)
-            data_info = {
-                "model": model_info,
-                "pairs": n_pairs,
-                "steps": steps,
-                "mean_pair_tokens": statistics.mean(pair_token_stats(r)["tokens"] for r in rows),
-            }
-            paths = {"model_dir": model_dir, "data": data}
-            entry: dict = {"data": data_info, "runs": {name: [] for name in frameworks}}
-            report["vocabs"][str(vocab)] = entry
-
+            longest = max(max_len for _, max_len in lengths)
+            model_info = build_model(vocab, model_dir, a.seed, longest, cuda, model_shape(a))
+            os.sync()  # the model's pages on disk now, not written back during a worker's steps
+            cases = {}
+            for min_len, max_len in lengths:
+                key = case_key(vocab, min_len, max_len)
+                cases[key] = case = case_data(a, vocab, min_len, max_len, n_pairs, n_steps, workdir, model_dir)
+                case["data"]["model"] = model_info
+                report["cases"][key] = case
+            first = case_key(vocab, groups[0].min_len, groups[0].max_len)
             if not a.no_losscheck:
-                print(f"[v{vocab}] losscheck ...", end=" ", flush=True)
-                check = run_worker(a, "losscheck", vocab, paths, workdir, f"v{vocab}-losscheck")
-                entry["losscheck"] = check
+                print(f"[{first}] losscheck ...", end=" ", flush=True)
+                check = run_worker(case_args(a, groups[0]), "losscheck", vocab, cases[first]["paths"], workdir,
+                                   f"v{vocab}-losscheck")  # fmt: skip
+                cases[first]["losscheck"] = check
                 print("ok" if check.get("ok") else f"FAILED: {check.get('error')}", flush=True)
-
             if a.warmup_worker:  # the first worker of a run is slow on a GPU (issue 25): one that counts for nothing
-                name = frameworks[0]
-                print(f"[v{vocab} warm-up worker, not measured] {name} ...", end=" ", flush=True)
-                result = run_worker(a, name, vocab, paths, workdir, f"v{vocab}-warmup-{name}", baseline_src.get(name))
-                entry["warmup_worker"] = result
+                name = groups[0].frameworks[0]
+                print(f"[{first}, warm-up worker, not measured] {name} ...", end=" ", flush=True)
+                result = run_worker(case_args(a, groups[0]), name, vocab, cases[first]["paths"], workdir,
+                                    f"v{vocab}-warmup-{name}", baseline_src.get(name))  # fmt: skip
+                cases[first]["warmup_worker"] = result
                 print("ok" if result.get("ok") else f"FAILED: {result.get('error')}", flush=True)
-
-            for round_index in range(a.rounds):
-                shift = round_index % len(frameworks)
-                for name in frameworks[shift:] + frameworks[:shift]:  # rotate the order between rounds
-                    tag = f"v{vocab}-r{round_index + 1}-{name}"
-                    print(f"[v{vocab} round {round_index + 1}/{a.rounds}] {name} ...", end=" ", flush=True)
-                    result = run_worker(a, name, vocab, paths, workdir, tag, baseline_src.get(name))
-                    entry["runs"][name].append(result)
-                    if result.get("ok"):
-                        times = result.get("step_times") or [float("nan")]
-                        print(f"ok (median step {statistics.median(times):.3f} s, "
-                              f"peak RSS {result['peak_rss'] / GB:.2f} GiB, {phases_text(result)}"
-                              f"{result['process_wall_s']:.0f} s)", flush=True)  # fmt: skip
-                    else:
-                        print(f"FAILED: {result.get('error')}", flush=True)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text(json.dumps(report, indent=1, default=str))  # partial results survive a crash
-
-            summaries = {
-                name: summarize(name, entry["runs"][name], steps, data_info, peak["flops_per_s"]) for name in frameworks
-            }
-            entry["summary"] = summaries
-            table = vocab_section(a, vocab, entry, peak, cuda)
-            tables.append(table)
-            print("\n" + table, flush=True)
+            for g, group in enumerate(groups):
+                key = case_key(vocab, group.min_len, group.max_len)
+                case, args = cases[key], case_args(a, group)
+                for round_index in range(group.rounds):
+                    for name in rotated(group.frameworks, round_index):
+                        label = f"[{key}, group {g + 1}, round {round_index + 1}/{group.rounds}] {name}"
+                        print(f"{label} ...", end=" ", flush=True)
+                        if budget.allows(key, name):
+                            args.worker_timeout = min(a.worker_timeout, budget.left())
+                            tag = f"v{vocab}-{group.length}-g{g + 1}-r{round_index + 1}-{name}"
+                            result = run_worker(args, name, vocab, case["paths"], workdir, tag, baseline_src.get(name))
+                            budget.record(key, name, result["process_wall_s"])
+                        else:
+                            result = budget.not_run(key, name)
+                        case["runs"].setdefault(name, []).append(result)
+                        print(progress_text(result), flush=True)
+                        save()
+            for key, case in cases.items():
+                case["summary"] = {
+                    name: summarize(name, runs, case["data"]["steps"], case["data"], peak["flops_per_s"])
+                    for name, runs in case["runs"].items()
+                }
+                table = case_section(a, key, case, peak, cuda)
+                tables.append(table)
+                print("\n" + table, flush=True)
+            headroom = headroom_section(cases, machine, cuda)
+            if headroom:
+                tables.append(headroom)
+                print("\n" + headroom, flush=True)
     finally:
         header = report_header(command, machine, liger_line, peak, cuda)
         markdown = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
         report["markdown"] = markdown
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1, default=str))
+        save()
         out.with_suffix(".md").write_text(markdown)
         print(f"\nresults: {out} (and {out.with_suffix('.md').name})")
         if a.keep_workdir or a.workdir:
@@ -316,6 +374,51 @@ def parent_main(a) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def runnable_frameworks(names: list[str], liger_ok: bool, cuda: bool) -> tuple[list[str], dict[str, str]]:
+    """The frameworks that can run here, and why each other one cannot."""
+    dropped = {}
+    for name in names:
+        options = framework_options(name)
+        gpu_only = [GPU_ONLY_OPTIONS[o] for o in options if o in GPU_ONLY_OPTIONS]
+        if (name in LIGER_FRAMEWORKS or any(o.startswith("liger") for o in options)) and not liger_ok:
+            dropped[name] = "liger-kernel does not import"
+        elif name in GPU_ONLY_FRAMEWORKS and not cuda:
+            dropped[name] = "Liger's Triton kernels need a GPU"
+        elif gpu_only and not cuda:
+            dropped[name] = gpu_only[0]
+    return [n for n in dict.fromkeys(names) if n not in dropped], dropped
+
+
+def case_key(vocab: int, min_len: int, max_len: int) -> str:
+    return f"vocab {vocab}, {min_len}-{max_len} words"
+
+
+def case_args(a, group):
+    """The worker options of a group's length (its training configs' max_length follow max_len)."""
+    args = copy.copy(a)
+    args.min_len, args.max_len = group.min_len, group.max_len
+    return args
+
+
+def case_data(a, vocab, min_len, max_len, n_pairs, n_steps, workdir, model_dir) -> dict:
+    """The pairs of one length (the same seed for every length), their token counts per step, the paths."""
+    rows = make_pairs(n_pairs, vocab, min_len, max_len, a.seed)
+    data = workdir / f"pairs-v{vocab}-{min_len}-{max_len}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return {
+        "vocab": vocab,
+        "min_len": min_len,
+        "max_len": max_len,
+        "data": {
+            "pairs": n_pairs,
+            "steps": step_token_stats(rows, a.batch, n_steps),
+            "mean_pair_tokens": statistics.mean(pair_token_stats(r)["tokens"] for r in rows),
+        },
+        "paths": {"model_dir": model_dir, "data": data},
+        "runs": {},
+    }
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,13 @@
 """The benchmark script runs end to end at toy size, and amapo's SimPO step-1 loss equals TRL's CPOTrainer's on
-the same batch (the "identical losses" half of issue 7; speed and memory are measured in BENCHMARKS.md only)."""
+the same batch (the "identical losses" half of issue 7; speed and memory are measured in BENCHMARKS.md only); its
+measuring parts (memory phases, plans, time budget, headroom, the profile's categories) on known inputs."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ def test_toy_benchmark_gives_amapo_and_trl_the_same_simpo_loss(tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    entry = json.loads(out.read_text())["vocabs"]["300"]
+    entry = json.loads(out.read_text())["cases"]["vocab 300, 24-48 words"]
     summary = entry["summary"]
     baseline = next(name for name in summary if name.startswith("amapo-simpo@"))
     assert list(summary) == ["amapo-simpo", baseline, "trl-cpo-simpo"]
@@ -80,3 +82,129 @@ def test_a_first_step_above_1_1x_the_steady_peak_is_flagged():
     assert not any("first step" in w for w in summaries["trl-cpo-simpo"]["warnings"])
     table = vocab_table(128256, summaries, cuda=False)
     assert "| 11.67 / 2.73 | 4.27x **over 1.1x** |" in table and "| 14.00 / 14.04 | 1.00x |" in table
+
+
+def test_a_plan_runs_its_groups_in_order_and_the_time_budget_leaves_out_what_would_not_fit():
+    from prefstep.plan import TimeBudget, parse_plan, plan_frameworks, rotated
+
+    class Args:
+        min_len, max_len, rounds = 10, 20, 3
+
+    text = "1024:2048 x2: amapo-amapo trl-cpo-simpo liger-simpo; 4096:8192 x1: amapo-amapo trl-dpo"
+    assert plan_frameworks(text) == ["amapo-amapo", "trl-cpo-simpo", "liger-simpo", "trl-dpo"]
+    groups = parse_plan(text, Args, ["amapo-amapo", "trl-cpo-simpo", "trl-dpo"])  # liger-simpo cannot run here
+    assert [(g.min_len, g.max_len, g.rounds, g.frameworks) for g in groups] == [
+        (1024, 2048, 2, ["amapo-amapo", "trl-cpo-simpo"]),
+        (4096, 8192, 1, ["amapo-amapo", "trl-dpo"]),
+    ]
+    assert [(g.min_len, g.max_len, g.rounds) for g in parse_plan(None, Args, ["x"])] == [(10, 20, 3)]
+    assert rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    with pytest.raises(SystemExit, match="is not 'MIN:MAX xROUNDS"):
+        parse_plan("1024-2048: amapo-amapo", Args, ["amapo-amapo"])
+
+    budget = TimeBudget(100.0, start=time.perf_counter() - 70)  # 30 s left
+    assert budget.allows("short", "amapo-amapo")  # nothing known yet: it runs (with the time left as its timeout)
+    budget.record("short", "amapo-amapo", 20.0)
+    budget.record("long", "trl-dpo", 45.0)
+    assert budget.allows("short", "trl-cpo-simpo")  # another framework of the case took 20 s
+    assert not budget.allows("long", "amapo-amapo")  # a worker of that case took 45 s
+    skipped = budget.not_run("long", "amapo-amapo")
+    assert skipped["skipped"] and not skipped["ok"] and "takes about 45 s" in skipped["error"]
+
+
+def test_skipped_workers_read_not_run_and_out_of_memory_is_told_from_other_failures():
+    from prefstep.report import is_out_of_memory, summarize, vocab_table
+
+    data = {"model": {"params_nonembedding": 10, "hidden_size": 4, "vocab": 8, "num_hidden_layers": 1}}
+    steps = [{"tokens": 100, "response_tokens": 50, "sum_len_sq": 1000}] * 2
+    oom = {"ok": False, "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 62.63 GiB"}
+    assert is_out_of_memory(oom) and is_out_of_memory({"ok": False, "error": "killed by signal 9 (likely out of mem"})
+    assert not is_out_of_memory({"ok": False, "error": "ValueError: bad"})
+    summaries = {
+        "amapo-amapo": summarize("amapo-amapo", [{"ok": False, "skipped": True, "error": "not run: 3 s"}], steps,
+                                 data, peak=1e9),
+        "trl-cpo-simpo": summarize("trl-cpo-simpo", [oom], steps, data, peak=1e9),
+    }  # fmt: skip
+    assert summaries["amapo-amapo"]["not_run"] and summaries["trl-cpo-simpo"]["out_of_memory"]
+    table = vocab_table(8, summaries, cuda=True)
+    assert "| amapo-amapo | not run |" in table and "| trl-cpo-simpo | FAILED: OutOfMemoryError" in table
+
+
+def test_headroom_is_measured_where_a_length_ran_out_of_memory_and_extrapolated_where_none_did():
+    from prefstep.report import headroom_estimate, headroom_section
+
+    gib = 2**30
+    capacity = 140 * gib
+    longest, how = headroom_estimate([(2048, 40 * gib), (8192, 100 * gib)], None, capacity)
+    assert longest == "~12,288" and how.startswith("extrapolated linearly from 2,048 and 8,192 words")
+    assert headroom_estimate([(2048, 60 * gib)], {"max_len": 8192}, capacity)[0] == "2,048 to 8,192"
+    assert headroom_estimate([], {"max_len": 2048}, capacity)[0] == "< 2,048"
+    assert headroom_estimate([(2048, 60 * gib)], None, capacity)[1] == "one length ran: no extrapolation"
+
+    def case(min_len, max_len, summary):
+        return {"min_len": min_len, "max_len": max_len, "summary": summary}
+
+    cases = {
+        "short": case(1024, 2048, {"amapo-amapo": {"cuda_max_allocated": 40 * gib},
+                                   "trl-cpo-simpo": {"cuda_max_allocated": 66 * gib}}),
+        "long": case(4096, 8192, {"amapo-amapo": {"cuda_max_allocated": 100 * gib},
+                                  "trl-cpo-simpo": {"failed": True, "out_of_memory": True}}),
+    }  # fmt: skip
+    table = headroom_section(cases, {"gpu_memory_gb": 140}, cuda=True)
+    assert "| amapo-amapo | 40.0 GiB | 100.0 GiB | ~12,288 |" in table
+    assert "| trl-cpo-simpo | 66.0 GiB | out of memory | 2,048 to 8,192 | measured" in table
+    assert headroom_section({"short": cases["short"]}, {"gpu_memory_gb": 140}, cuda=True) == ""
+
+
+def kernel_trace(vocab: int) -> dict:
+    """A hand-made GPU trace: one profiled step of 1,000 us holding one kernel of each category (us)."""
+
+    def op(name, ts, dur, ext, dims=None, tid=1):
+        return {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid,
+                "args": {"External id": ext, **({"Input Dims": dims} if dims else {})}}  # fmt: skip
+
+    def kernel(name, ts, dur, ext, cat="kernel"):
+        return {
+            "ph": "X",
+            "cat": cat,
+            "name": name,
+            "ts": ts,
+            "dur": dur,
+            "pid": 0,
+            "tid": 7,
+            "args": {"External id": ext},
+        }
+
+    events = [
+        {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#3", "ts": 0, "dur": 1000, "pid": 1, "tid": 1},
+        op("aten::scaled_dot_product_attention", 10, 30, 1), op("aten::_flash_attention_forward", 12, 20, 2),
+        op("aten::mm", 50, 10, 3, [[64, 512], [512, 512]]),
+        op("aten::mm", 70, 10, 4, [[64, 512], [512, vocab]]),
+        op("aten::rms_norm", 90, 10, 5),
+        {"ph": "X", "cat": "user_annotation", "name": "Optimizer.step#AdamW.step", "ts": 110, "dur": 40, "pid": 1,
+         "tid": 1},
+        op("aten::_foreach_add_", 115, 20, 6),
+        op("aten::copy_", 160, 5, 7),
+        op("autograd::engine::evaluate_function: MmBackward0", 200, 50, 8, tid=2),
+        op("aten::mm", 205, 30, 9, [[vocab, 64], [64, 512]], tid=2),
+        kernel("flash_fwd_kernel", 100, 100, 2), kernel("sm90_xmma_gemm_bf16", 210, 50, 3),
+        kernel("sm90_xmma_gemm_bf16", 270, 200, 4), kernel("vectorized_elementwise_kernel<rms>", 480, 20, 5),
+        kernel("multi_tensor_apply_kernel", 510, 40, 6), kernel("Memcpy DtoD", 560, 10, 7, cat="gpu_memcpy"),
+        kernel("sm90_xmma_gemm_bf16", 600, 200, 9),
+    ]  # fmt: skip
+    return {"traceEvents": events}
+
+
+def test_the_profile_puts_each_kernel_in_its_category_and_the_idle_gpu_in_gaps(tmp_path):
+    from prefstep.profile import analyze_trace
+
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(kernel_trace(vocab=128256)))
+    result = analyze_trace(path, vocab=128256)
+    ms = {k: round(v * 1000) for k, v in result["ms_per_step"].items()}  # us per step
+    assert ms == {"attention": 100, "layer matmuls": 50, "LM head / log-probs": 400,
+                  "elementwise (norms, activations, RoPE)": 20, "optimizer": 40, "copies": 10,
+                  "CPU-side gaps": 1000 - 620}  # fmt: skip
+    assert result["wall_ms_per_step"] == 1.0 and sum(result["share"].values()) == pytest.approx(1.0)
+    top = result["top"][0]
+    assert (top["name"], top["category"], top["count"]) == ("sm90_xmma_gemm_bf16", "LM head / log-probs", 2)

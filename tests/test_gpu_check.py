@@ -1,6 +1,8 @@
-"""``benchmarks/gpu_check.sh`` at toy size on CPU (issue 13): every step a GPU session will run (the benchmark, amapo
-train plainly / under ZeRO-3 / under FSDP2, packed vs padded) runs here first, and the numbers it reports agree, so
-that the GPU's minutes go to running, not debugging."""
+"""``benchmarks/gpu_check.sh`` at toy size on CPU (issues 13 and 25): both parts a GPU session will run (part 1: the
+benchmark matrix and the profile; part 2: amapo train plainly / under ZeRO-3 / under FSDP2, packed vs padded, the
+default run) run here first, within their file limit, and the numbers they report agree, so that the GPU's minutes go
+to running, not debugging. Also: a step that overruns its time box is stopped, its workers with it, and the steps
+after it still run."""
 
 from __future__ import annotations
 
@@ -8,36 +10,67 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def test_gpu_check_runs_at_toy_size_and_the_engines_agree(tmp_path):
-    pytest.importorskip("deepspeed")
+def run_part(part: int, out: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPU_CHECK_SIZE": "toy", "GPU_CHECK_FSDP_PROGRAM": str(REPO / "tests" / "fsdp_on_cpu.py"),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TMPDIR": str(tmp_path),
+           "AMAPO_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(part), str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+
+
+def test_part_1_runs_the_benchmark_matrix_and_the_profile_at_toy_size(tmp_path):
     pytest.importorskip("trl")
     out = tmp_path / "out"
-    env = {**os.environ, "GPU_CHECK_SIZE": "toy", "GPU_CHECK_FSDP_PROGRAM": str(REPO / "tests" / "fsdp_on_cpu.py"),
-           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
-           "TMPDIR": str(tmp_path)}  # fmt: skip
-    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)], env=env,
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = run_part(1, out, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu_check.json",
         "gpu_check.log",
         "gpu_check.md",
+        "gpu_profile.json",
+        "gpu_profile.md",
         "preference_step.json",
         "preference_step.md",
     ]  # fmt: skip  (a device machine returns at most 8 files)
 
     report = json.loads((out / "gpu_check.json").read_text())
-    summary = report["steps"]["benchmark"]["summary"]["300"]
-    assert set(summary) == {"amapo-amapo", "trl-cpo-simpo"}
-    assert all(s["rounds_ok"] == 1 and s["tokens_per_s"] > 0 for s in summary.values())
+    benchmark = report["steps"]["benchmark"]
+    short, long = benchmark["summary"]["vocab 311, 24-48 words"], benchmark["summary"]["vocab 311, 64-96 words"]
+    assert set(short) == set(long) == {"amapo-amapo", "trl-cpo-simpo"}
+    assert all(s["rounds_ok"] == 2 and len(s["tokens_per_s_per_round"]) == 2 for s in short.values())
+    assert short["amapo-amapo"]["memory"]["rss"]["first_step"] > 0 and not benchmark["not_run"]
+    bench = json.loads((out / "preference_step.json").read_text())
+    assert bench["cases"]["vocab 311, 24-48 words"]["warmup_worker"]["ok"]
+    assert "Memory headroom" in (out / "preference_step.md").read_text()
 
+    profile = json.loads((out / "gpu_profile.json").read_text())["frameworks"]
+    assert set(profile) == {"amapo-amapo", "trl-cpo-simpo"}
+    for name, result in profile.items():
+        assert result["steps"] == 2 and sum(result["share"].values()) == pytest.approx(1.0, abs=0.02), name
+        assert result["ms_per_step"]["LM head / log-probs"] > 0 and result["ms_per_step"]["layer matmuls"] > 0, name
+        assert result["ms_per_step"]["optimizer"] > 0 and len(result["top"]) == 15, name
+    tables = (out / "gpu_check.md").read_text()
+    assert "| amapo-amapo |" in tables and "### amapo-amapo: 2 profiled steps" in tables
+
+
+def test_part_2_runs_the_engines_the_layouts_and_the_default_train_at_toy_size(tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "out"
+    result = run_part(2, out, tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["default_train.log", "gpu_check.json", "gpu_check.log",
+                                                     "gpu_check.md", "options.json", "options.md"]  # fmt: skip
+
+    report = json.loads((out / "gpu_check.json").read_text())
     engines = report["steps"]["engines"]["runs"]
     assert all(run["ok"] and len(run["losses"]) == 5 for run in engines.values())
     for name in ("zero3", "fsdp2"):
@@ -48,6 +81,54 @@ def test_gpu_check_runs_at_toy_size_and_the_engines_agree(tmp_path):
     assert layouts["attention"] == "sdpa"  # no flash-attention on a CPU
     assert layouts["runs"]["packed"]["max_loss_diff"] < 1e-5 and layouts["runs"]["packed"]["max_weight_diff"] < 1e-6
 
+    default = report["steps"]["default_train"]
+    assert default["ok"] and default["train"]["train_loss"] > 0
+
+    options = report["steps"]["options"]["summary"]["vocab 311, 24-48 words"]  # issue 26's options, one by one
+    assert set(options) == {"amapo-amapo", "amapo-amapo+compiled-head"}  # flex: FlexAttention's backward needs a GPU
+    assert options["amapo-amapo+compiled-head"]["step1_loss"] == pytest.approx(options["amapo-amapo"]["step1_loss"],
+                                                                               rel=1e-5)  # fmt: skip
+    assert "step-1 loss amapo-amapo+compiled-head - amapo-amapo" in (out / "options.md").read_text()
     tables = (out / "gpu_check.md").read_text()
     assert "| zero3 | True |" in tables and "| fsdp2 | True |" in tables and "| packed | True |" in tables
-    assert "| amapo-amapo |" in tables
+    assert "The default `amapo train`" in tables
+
+
+def test_a_step_past_its_time_box_is_stopped_with_its_children_and_the_next_step_still_runs(tmp_path, monkeypatch):
+    import gpu_check
+
+    marker = tmp_path / "child-outlived-the-box"
+    child = tmp_path / "child.py"  # what a benchmark worker would be: it writes the marker if it lives 4 s
+    child.write_text(f"import time\ntime.sleep(4)\nopen({str(marker)!r}, 'w').close()\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(child)!r}])\n"
+                      "time.sleep(60)\n")  # fmt: skip
+
+    def slow_benchmark(self):
+        self.report["steps"]["benchmark"] = self.run([sys.executable, str(parent)], "benchmark",
+                                                     timeout=self.box("benchmark"))  # fmt: skip
+
+    def quick_profile(self):
+        self.report["steps"]["profile"] = self.run([sys.executable, "-c", "print('profiled')"], "profile",
+                                                   timeout=self.box("profile"))  # fmt: skip
+
+    monkeypatch.setitem(gpu_check.SIZES["toy"], "boxes", {**gpu_check.SIZES["toy"]["boxes"], "benchmark": 2})
+    monkeypatch.setattr(gpu_check.Check, "benchmark", slow_benchmark)
+    monkeypatch.setattr(gpu_check.Check, "profile", quick_profile)
+    start = time.perf_counter()
+    status = gpu_check.main([str(tmp_path / "out"), "--part", "1", "--size", "toy", "--workdir", str(tmp_path)])
+    assert status == 1 and time.perf_counter() - start < 20
+    steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
+    assert steps["benchmark"]["stopped"] and not steps["benchmark"]["ok"] and steps["profile"]["ok"]
+    assert "benchmark: stopped at its time box" in (tmp_path / "out" / "gpu_check.md").read_text()
+    time.sleep(5)
+    assert not marker.exists()  # the benchmark's own child was stopped with it
+
+
+def test_a_part_with_no_time_left_reports_its_steps_as_not_run(tmp_path):
+    import gpu_check
+
+    status = gpu_check.main([str(tmp_path / "out"), "--part", "2", "--size", "toy", "--deadline", "5",
+                             "--workdir", str(tmp_path)])  # fmt: skip
+    steps = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]
+    assert status == 1 and all(steps[name]["not_run"] for name in ("engines", "layouts", "default_train", "options"))

@@ -9,5 +9,7 @@ line and the parent loop. Here, in the order a run uses them:
 * ``frameworks``: one training run per implementation (amapo, TRL CPO / DPO, the Liger loop);
 * ``workers``: a worker process: the loss check, the dispatch to a framework, the result line it prints;
 * ``runner``: the parent's side of that protocol: the worker command line, its environment, reading its result;
-* ``report``: per-framework summaries (medians, peaks, MFU) and the markdown tables.
+* ``plan``: which lengths, rounds and frameworks run in which order (``--plan``), and the time budget;
+* ``report``: per-framework summaries (medians, peaks, MFU), the markdown tables, the memory headroom;
+* ``profile``: ``torch.profiler`` around two steps and the trace cut into categories (``gpu_profile.py``).
 """

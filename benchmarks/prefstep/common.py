@@ -8,7 +8,18 @@ from pathlib import Path
 
 RESULT_MARKER = "PREFSTEP_RESULT "
 AMAPO_FRAMEWORKS = {"amapo-simpo": "simpo", "amapo-amapo": "amapo", "amapo-dpo": "dpo"}
-FRAMEWORKS = ("amapo-simpo", "amapo-amapo", "amapo-dpo", "trl-cpo-simpo", "trl-dpo", "liger-simpo")
+FRAMEWORKS = (
+    "amapo-simpo",
+    "amapo-amapo",
+    "amapo-dpo",
+    "trl-cpo-simpo",
+    "trl-cpo-simpo-liger",
+    "trl-dpo",
+    "liger-simpo",
+)
+DEFAULT_FRAMEWORKS = tuple(f for f in FRAMEWORKS if f != "trl-cpo-simpo-liger")  # the CPU table's, as before
+LIGER_FRAMEWORKS = {"liger-simpo", "trl-cpo-simpo-liger"}  # need liger-kernel
+GPU_ONLY_FRAMEWORKS = {"trl-cpo-simpo-liger"}  # Liger's Triton kernels in the model
 REFERENCE_BASED = {"amapo-dpo", "trl-dpo"}
 BASELINE = "trl-cpo-simpo"
 SIMPO_BETA, SIMPO_GAMMA = 2.0, 1.0  # SimPO's Llama-3-Base setting; amapo: gamma_beta_ratio = gamma / beta
@@ -49,9 +60,35 @@ def liger_status() -> tuple[bool, str]:
     return True, f"liger-kernel {version_of('liger-kernel')}"
 
 
+# amapo's speed options, as suffixes of an amapo framework's name: amapo-amapo+flex+liger-head (issue 26)
+AMAPO_OPTIONS = {
+    "flex": {"attn_implementation": "flex_attention"},
+    "compiled-head": {"lm_head_kernel": "compiled"},
+    "liger-head": {"lm_head_kernel": "liger"},
+    "liger-kernels": {"use_liger_kernel": True},
+    "compile": {"torch_compile": True},
+}
+ALL_OPTIONS = "flex+liger-head+liger-kernels+compile"  # every option together (the head's fastest kernel)
+GPU_ONLY_OPTIONS = {"flex": "FlexAttention's backward needs a GPU", "liger-head": "Liger's Triton kernels need a GPU",
+                    "liger-kernels": "Liger's Triton kernels need a GPU"}  # fmt: skip
+
+
 def base_framework(name: str) -> str:
-    """``amapo-amapo@715727a`` (a baseline checkout's run, ``--amapo_baseline``) -> ``amapo-amapo``."""
-    return name.split("@", 1)[0]
+    """``amapo-amapo@715727a`` (a baseline checkout's run, ``--amapo_baseline``) or ``amapo-amapo+flex`` (with an
+    option) -> ``amapo-amapo``."""
+    return name.split("@", 1)[0].split("+", 1)[0]
+
+
+def framework_options(name: str) -> list[str]:
+    """The ``AMAPO_OPTIONS`` a framework's name asks for (``amapo-amapo+flex+compile`` -> flex, compile)."""
+    return name.split("@", 1)[0].split("+")[1:]
+
+
+def known_framework(name: str) -> bool:
+    options = framework_options(name)
+    return base_framework(name) in FRAMEWORKS and (
+        not options or (base_framework(name) in AMAPO_FRAMEWORKS and set(options) <= set(AMAPO_OPTIONS))
+    )
 
 
 def worker_device(a) -> str:

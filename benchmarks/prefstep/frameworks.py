@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .common import (
     AMAPO_FRAMEWORKS,
+    AMAPO_OPTIONS,
     DPO_BETA,
     MAX_LENGTH_SLACK,
     SIMPO_BETA,
@@ -77,6 +78,8 @@ def build_amapo_config(a, method: str, output_dir: str, *, batch: int, max_steps
         kwargs.update(beta=SIMPO_BETA, gamma_beta_ratio=SIMPO_GAMMA / SIMPO_BETA)
     elif method == "dpo":
         kwargs.update(beta=DPO_BETA)
+    for option in getattr(a, "amapo_options", ()):
+        kwargs.update(AMAPO_OPTIONS[option])
     if a.amapo_layout is not None:
         kwargs["batch_layout"] = a.amapo_layout
     if a.amapo_lm_head_chunk_size is not None:
@@ -84,7 +87,7 @@ def build_amapo_config(a, method: str, output_dir: str, *, batch: int, max_steps
     return TrainConfig(**kwargs)
 
 
-def run_amapo(a, framework: str, timer, result: dict) -> None:
+def run_amapo(a, framework: str, callbacks: list, result: dict) -> None:
     import amapo
     from amapo.train.run import run_training
 
@@ -94,10 +97,11 @@ def run_amapo(a, framework: str, timer, result: dict) -> None:
     )
     result["settings"] = {
         name: getattr(config, name)
-        for name in ("method", "beta", "gamma_beta_ratio", "batch_layout", "lm_head_chunk_size")
-    }
+        for name in ("method", "beta", "gamma_beta_ratio", "batch_layout", "lm_head_chunk_size", "lm_head_kernel",
+                     "attn_implementation", "use_liger_kernel", "torch_compile")
+    }  # fmt: skip
     result["settings"]["optim"] = str(config.optim)
-    run_training(config, callbacks=[timer])
+    run_training(config, callbacks=callbacks)
 
 
 def load_json_dataset(path: str):
@@ -106,10 +110,13 @@ def load_json_dataset(path: str):
     return load_dataset("json", data_files=path, split="train")
 
 
-def cpo_config(a, output_dir: str, *, batch: int, max_steps: int, learning_rate: float):
+def cpo_config(a, output_dir: str, *, batch: int, max_steps: int, learning_rate: float, liger: bool = False):
+    """TRL's CPOConfig for pure SimPO; ``liger``: ``use_liger_kernel=True``, which puts Liger's RMSNorm, SwiGLU and RoPE
+    kernels (and its cross-entropy forward, unused without labels) into the model when training starts."""
     from trl.experimental.cpo import CPOConfig
 
     return CPOConfig(
+        use_liger_kernel=liger,
         **common_training_kwargs(a, output_dir, batch=batch, max_steps=max_steps, learning_rate=learning_rate),
         warmup_steps=0,
         loss_type="simpo",
@@ -121,12 +128,13 @@ def cpo_config(a, output_dir: str, *, batch: int, max_steps: int, learning_rate:
     )
 
 
-def run_trl_cpo(a, timer, result: dict) -> None:
+def run_trl_cpo(a, callbacks: list, result: dict, liger: bool = False) -> None:
     from trl.experimental.cpo import CPOTrainer
 
     model, tokenizer = load_model_and_tokenizer(a)
-    args = cpo_config(a, a.output_dir, batch=a.batch, max_steps=a.warmup + a.steps, learning_rate=a.lr)
+    args = cpo_config(a, a.output_dir, batch=a.batch, max_steps=a.warmup + a.steps, learning_rate=a.lr, liger=liger)
     result["settings"] = {
+        "use_liger_kernel": args.use_liger_kernel,
         "loss_type": args.loss_type,
         "cpo_alpha": args.cpo_alpha,
         "beta": args.beta,
@@ -136,12 +144,12 @@ def run_trl_cpo(a, timer, result: dict) -> None:
         "optim": str(args.optim),
     }
     trainer = CPOTrainer(
-        model=model, args=args, train_dataset=load_json_dataset(a.data), processing_class=tokenizer, callbacks=[timer]
+        model=model, args=args, train_dataset=load_json_dataset(a.data), processing_class=tokenizer, callbacks=callbacks
     )
     trainer.train()
 
 
-def run_trl_dpo(a, timer, result: dict) -> None:
+def run_trl_dpo(a, callbacks: list, result: dict) -> None:
     from trl import DPOConfig, DPOTrainer
 
     model, tokenizer = load_model_and_tokenizer(a)
@@ -169,7 +177,7 @@ def run_trl_dpo(a, timer, result: dict) -> None:
         args=args,
         train_dataset=load_json_dataset(a.data),
         processing_class=tokenizer,
-        callbacks=[timer],
+        callbacks=callbacks,
     )
     trainer.train()
 

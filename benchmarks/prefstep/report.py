@@ -20,8 +20,11 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
     errors = [r.get("error", "?") for r in runs if not r.get("ok")]
     if errors:
         summary["errors"] = errors
+    if any(is_out_of_memory(r) for r in runs):
+        summary["out_of_memory"] = True
     if not ok:
         summary["failed"] = True
+        summary["not_run"] = all(r.get("skipped") for r in runs)
         return summary
     model = data_info["model"]
     reference = base_framework(framework) in REFERENCE_BASED
@@ -122,7 +125,7 @@ def phase_peaks(runs: list[dict]) -> dict[str, dict]:
 
 
 def phases_text(run: dict) -> str:
-    """The "first step X GiB, steady Y GiB, " part of (CUDA on a GPU, else RSS), for the progress lines."""
+    """The "first step X GiB, steady Y GiB, " part of a worker's progress line (CUDA on a GPU, else RSS)."""
     phases = run.get("memory_phases") or {}
     key = "cuda_max_allocated" if any("cuda_max_allocated" in p for p in phases.values()) else "peak_rss"
     parts = [f"{name.replace('_', ' ')} {phases[name][key] / GB:.2f} GiB" for name in ("first_step", "steady")
@@ -175,7 +178,8 @@ def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
     for name, s in summaries.items():
         if s.get("failed"):
             error = "; ".join(s.get("errors", ["failed"]))[:160].replace("|", "/").replace("\n", " ")
-            cells = [name, f"FAILED: {error}"] + [""] * (len(header) - 2)
+            what = "not run" if s.get("not_run") else f"FAILED: {error}"
+            cells = [name, what] + [""] * (len(header) - 2)
             lines.append("| " + " | ".join(cells) + " |")
             continue
         cells = [
@@ -213,6 +217,12 @@ def loss_comparisons(summaries: dict[str, dict]) -> list[str]:
         b_loss = summaries.get(b_name, {}).get("step1_loss")
         if a_loss is not None and b_loss is not None:
             lines.append(f"step-1 loss {a_name} - {b_name}: {a_loss - b_loss:+.3e} ({a_loss:.8f} vs {b_loss:.8f})")
+    for name, s in summaries.items():  # an option must not change the numbers: its step-1 loss against amapo's own
+        base = name.split("@", 1)[0].split("+", 1)[0]
+        if name != base and "+" in name and s.get("step1_loss") is not None:
+            base_loss = summaries.get(base, {}).get("step1_loss")
+            if base_loss is not None:
+                lines.append(f"step-1 loss {name} - {base}: {s['step1_loss'] - base_loss:+.3e}")
     for name in ("amapo-dpo", "trl-dpo"):
         loss = summaries.get(name, {}).get("step1_loss")
         if loss is not None:
@@ -245,29 +255,106 @@ def losscheck_lines(check: dict | None) -> list[str]:
     return lines
 
 
-def vocab_section(a, vocab: int, entry: dict, peak: dict, cuda: bool) -> str:
-    """The markdown of one vocabulary: what ran, the table, then the loss comparisons, the loss check, the batch
-    layouts and every warning, error and note (each once, in order)."""
-    data_info, summaries = entry["data"], entry["summary"]
+def case_section(a, key: str, case: dict, peak: dict, cuda: bool) -> str:
+    """The markdown of one case (vocabulary and length): what ran, the table, then the loss comparisons, the loss
+    check, the batch layouts and every warning, error and note (each once, in order)."""
+    data_info, summaries = case["data"], case["summary"]
+    rounds = sorted({s["rounds"] for s in summaries.values()})
     lines = [
-        f"### vocab {vocab}",
+        f"### {key}",
         "",
-        f"{data_info['pairs']} pairs, batch {a.batch}, {a.min_len}-{a.max_len} words per prompt+response "
+        f"{data_info['pairs']} pairs, batch {a.batch}, {case['min_len']}-{case['max_len']} words per prompt+response "
         f"(mean {data_info['mean_pair_tokens']:.0f} tokens per pair), {a.warmup} warm-up + {a.steps} measured "
-        f"steps x {a.rounds} rounds; {data_info['model']['dtype']}; medians over measured steps; peak RSS: max over "
-        f"rounds; MFU vs the measured {peak['gflops_per_s']:.1f} GFLOP/s",
+        f"steps x {'/'.join(map(str, rounds))} rounds; {data_info['model']['dtype']}; medians over measured steps; "
+        f"peaks: max over rounds; MFU vs the measured {peak['gflops_per_s']:.1f} GFLOP/s",
         "",
-        vocab_table(vocab, summaries, cuda),
+        vocab_table(case["vocab"], summaries, cuda),
         "",
     ]
-    notes = loss_comparisons(summaries) + losscheck_lines(entry.get("losscheck")) + layout_lines(summaries)
+    notes = loss_comparisons(summaries) + losscheck_lines(case.get("losscheck")) + layout_lines(summaries)
     for name, s in summaries.items():
         notes += [f"warning: {name}: {w}" for w in s.get("warnings", [])]
         notes += [f"error: {name}: {e}" for e in s.get("errors", [])]
-        for run in entry["runs"][name]:
+        for run in case["runs"][name]:
             notes += [f"note: {name}: {n}" for n in run.get("notes", [])]
     lines += sorted(set(notes), key=notes.index)
     return "\n".join(lines)
+
+
+def progress_text(result: dict) -> str:
+    """The end of a worker's progress line: its median step, peaks and wall time, or why it failed."""
+    if result.get("ok"):
+        times = result.get("step_times") or [float("nan")]
+        return (f"ok (median step {statistics.median(times):.3f} s, peak RSS {result['peak_rss'] / GB:.2f} GiB, "
+                f"{phases_text(result)}{result['process_wall_s']:.0f} s)")  # fmt: skip
+    return result.get("error", "FAILED") if result.get("skipped") else f"FAILED: {result.get('error')}"
+
+
+OUT_OF_MEMORY_MARKS = ("OutOfMemoryError", "out of memory", "killed by signal 9")
+
+
+def is_out_of_memory(run: dict) -> bool:
+    text = f"{run.get('error', '')} {run.get('stderr_tail', '')}"
+    return not run.get("ok") and any(mark in text for mark in OUT_OF_MEMORY_MARKS)
+
+
+def headroom_section(cases: dict[str, dict], machine: dict, cuda: bool) -> str:
+    """The longest pair length each framework trains at this batch before running out of memory: measured where a
+    length ran out of memory, extrapolated (linear in max words per prompt + response) from the two longest lengths
+    that ran, against the device's memory (GPU) or RAM (CPU). Empty when the run has a single length."""
+    if len({(c["min_len"], c["max_len"]) for c in cases.values()}) < 2:
+        return ""
+    capacity = (machine.get("gpu_memory_gb") if cuda else machine.get("ram_gb")) or 0
+    capacity_bytes = capacity * GB  # both are recorded in GiB
+    key = "cuda_max_allocated" if cuda else "peak_rss"
+    names = list(dict.fromkeys(name for c in cases.values() for name in c["summary"]))
+    lines = [
+        f"### Memory headroom: the longest pair trained at this batch ({capacity:g} GiB of "
+        f"{'GPU memory' if cuda else 'RAM'})",
+        "",
+        "| framework | " + " | ".join(f"{c['min_len']}-{c['max_len']} words" for c in cases.values())
+        + " | longest pair length (max words) | how |",
+        "|---|" + "---|" * (len(cases) + 2),
+    ]  # fmt: skip
+    for name in names:
+        cells, points, first_oom = [], [], None
+        for c in cases.values():
+            s = c["summary"].get(name)
+            if s is None or (s.get("failed") and s.get("not_run")):
+                cells.append("not run")
+            elif s.get("failed"):
+                oom = s.get("out_of_memory")
+                cells.append("out of memory" if oom else "failed")
+                if oom and first_oom is None:
+                    first_oom = c
+            else:
+                peak = s.get(key)
+                cells.append(f"{peak / GB:.1f} GiB" if peak else "?")
+                if peak:
+                    points.append((c["max_len"], peak))
+        longest, how = headroom_estimate(points, first_oom, capacity_bytes)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {longest} | {how} |")
+    return "\n".join(lines)
+
+
+def headroom_estimate(points: list[tuple[int, int]], first_oom: dict | None, capacity: float) -> tuple[str, str]:
+    """(longest length, how it was found) from (max_len, peak bytes) points that trained and the first length
+    that ran out of memory (if any)."""
+    points = sorted(points)
+    if first_oom is not None:
+        below = [length for length, _ in points if length < first_oom["max_len"]]
+        if not below:
+            return f"< {first_oom['max_len']:,}", "measured: out of memory at every length run"
+        return (f"{max(below):,} to {first_oom['max_len']:,}",
+                f"measured: trains {max(below):,}, out of memory at {first_oom['max_len']:,}")  # fmt: skip
+    if len(points) < 2:
+        return (f">= {points[-1][0]:,}", "one length ran: no extrapolation") if points else ("?", "nothing ran")
+    (x1, y1), (x2, y2) = points[-2], points[-1]
+    slope = (y2 - y1) / (x2 - x1) if x2 != x1 else 0
+    if slope <= 0:
+        return f">= {x2:,}", "memory did not grow with length: no extrapolation"
+    longest = x2 + (capacity - y2) / slope
+    return f"~{longest:,.0f}", f"extrapolated linearly from {x1:,} and {x2:,} words ({y1 / GB:.1f}, {y2 / GB:.1f} GiB)"
 
 
 def report_header(command: str, machine: dict, liger_line: str, peak: dict, cuda: bool) -> list[str]:

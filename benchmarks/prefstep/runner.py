@@ -62,6 +62,8 @@ def worker_command(a, framework: str, vocab: int, model_dir: Path, data: Path, o
         cmd += ["--liger_no_compile"]
     if a.with_liger:
         cmd += ["--with_liger"]
+    if getattr(a, "profile_trace", None):
+        cmd += ["--profile_trace", str(a.profile_trace)]
     return cmd
 
 
@@ -134,7 +136,7 @@ def baseline_frameworks(a, frameworks: list[str]) -> dict[str, Path]:
     label = commit.stdout.strip() if commit.returncode == 0 else folder.name
     added = {}
     for name in list(frameworks):
-        if name in AMAPO_FRAMEWORKS:
+        if name in AMAPO_FRAMEWORKS:  # the plain ones: a baseline commit may not have the options
             frameworks.insert(frameworks.index(name) + 1, f"{name}@{label}")
             added[f"{name}@{label}"] = folder / "src"
     return added

@@ -12,7 +12,15 @@ import time
 import traceback
 from pathlib import Path
 
-from .common import AMAPO_FRAMEWORKS, GB, RESULT_MARKER, base_framework, read_jsonl, worker_device
+from .common import (
+    AMAPO_FRAMEWORKS,
+    GB,
+    RESULT_MARKER,
+    base_framework,
+    framework_options,
+    read_jsonl,
+    worker_device,
+)
 from .frameworks import (
     autocast_for,
     build_amapo_config,
@@ -29,6 +37,7 @@ from .frameworks import (
     run_trl_dpo,
 )
 from .measure import describe_batch, make_step_timer, measure_peak_flops, peak_rss_bytes
+from .profile import make_profiler_callback
 
 
 def run_losscheck(a, result: dict) -> None:
@@ -141,12 +150,16 @@ def worker_main(a) -> int:
             result["losses"] = {str(k): v for k, v in record["losses"].items()}
         else:
             timer = make_step_timer(a.warmup, cuda)
+            callbacks = [timer]
+            if a.profile_trace:  # gpu_profile.py: the last steps under torch.profiler
+                callbacks.append(make_profiler_callback(a.profile_trace, a.warmup + a.steps, cuda))
             if base_framework(a.worker) in AMAPO_FRAMEWORKS:
-                run_amapo(a, base_framework(a.worker), timer, result)
-            elif a.worker == "trl-cpo-simpo":
-                run_trl_cpo(a, timer, result)
+                a.amapo_options = framework_options(a.worker)
+                run_amapo(a, base_framework(a.worker), callbacks, result)
+            elif a.worker in ("trl-cpo-simpo", "trl-cpo-simpo-liger"):
+                run_trl_cpo(a, callbacks, result, liger=a.worker.endswith("-liger"))
             elif a.worker == "trl-dpo":
-                run_trl_dpo(a, timer, result)
+                run_trl_dpo(a, callbacks, result)
             else:
                 raise ValueError(f"unknown worker {a.worker!r}")
             result.update(
