@@ -248,9 +248,9 @@ def test_row_lengths_and_layout_choice():
     assert layout_for("auto", "eager", None, 1024) == "shared_prompt"
     assert layout_for("auto", "flash_attention_2", None, 1024) == "packed"
     assert layout_for("auto", "sdpa", 512, 1024) == "padded"  # a sliding window the custom mask would ignore
-    assert layout_for("auto", "flex_attention", None, 1024) == "padded"
+    assert layout_for("auto", "flex_attention", None, 1024) == "shared_prompt"  # a BlockMask, no dense mask
     assert layout_for("padded", "sdpa", None, 1024) == "padded"
-    with pytest.raises(ValueError, match="shared_prompt needs eager or sdpa"):
+    with pytest.raises(ValueError, match="shared_prompt needs eager, sdpa, flex_attention"):
         layout_for("shared_prompt", "flash_attention_2", None, 1024)
     with pytest.raises(ValueError, match="layout must be one of"):
         PreferenceCollator(0, layout="ragged")

@@ -84,6 +84,13 @@ class EvalConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
     output_dir: str | None = field(default=None, metadata={"help": "Where results go (default: MODEL/eval)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: eager, sdpa, flex_attention, flash_attention_2 (default: transformers'); "
+            "the batch layout follows it (shared_prompt on eager/sdpa/flex_attention, packed on flash-attention)."
+        },
+    )
 
     def __post_init__(self) -> None:
         """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
@@ -170,11 +177,14 @@ def check_model_positions(model_path: str, max_length: int) -> None:
     check_positions(max_length, model_config, model_path)
 
 
-def load_models(model_path: str, ref_source: str | None):
-    """(model, reference or None) on the best device."""
+def load_models(model_path: str, ref_source: str | None, attn_implementation: str | None = None):
+    """(model, reference or None) on the best device, with ``attn_implementation`` (None: transformers' default)."""
     device = best_device()
-    model = load_model(model_path, device=device)
-    return model, (None if ref_source is None else load_model(resolve_source(ref_source), device=device))
+    model = load_model(model_path, device=device, attn_implementation=attn_implementation)
+    reference = None
+    if ref_source is not None:
+        reference = load_model(resolve_source(ref_source), device=device, attn_implementation=attn_implementation)
+    return model, reference
 
 
 def print_metric_table(title: str, key_name: str, results: dict[str, dict[str, float]], columns, console) -> None:
@@ -251,7 +261,7 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
     roles = run_role_mapping(trained)
     data = {s.name: load_set(s, tokenizer, limits, mapping, note, roles) for s in sets}  # all checked before scoring
 
-    model, ref_model = load_models(model_path, ref_source)
+    model, ref_model = load_models(model_path, ref_source, config.attn_implementation)
     results: dict[str, dict[str, float]] = {}
     margins: dict[str, np.ndarray] = {}
     answers: dict[str, tuple[list[str], list[str]]] = {}

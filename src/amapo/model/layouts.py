@@ -12,21 +12,28 @@ import torch
 from amapo.hf_internals import attention_implementation
 from amapo.model.wrappers import causal_lm_of
 
+# Attentions that take amapo's own mask for a shared-prompt row: eager and sdpa a dense additive [B, 1, T, T] one,
+# flex_attention a BlockMask (FlexAttention skips the masked blocks: no dense mask, a flash-class kernel).
+MASKED_ATTENTIONS = ("eager", "sdpa", "flex_attention")
+
 
 def layout_for(requested: str, attention: str | None, sliding_window: int | None, max_length: int) -> str:
     """The collator layout: ``requested``, or for ``auto`` the fastest one the model's attention computes exactly.
 
     ``attention``: the model's attention implementation (None: transformers' default, sdpa or eager).
-    shared_prompt needs an attention that takes a custom 4D mask (eager, sdpa) and no sliding window shorter than
-    a sequence (the custom mask replaces the window); packed needs flash-attention's varlen kernels for speed
-    (eager and sdpa build a dense block mask over the whole packed row); padded works everywhere.
+    shared_prompt needs an attention that takes amapo's mask (``MASKED_ATTENTIONS``) and no sliding window shorter
+    than a sequence (the custom mask replaces the window); packed needs sequence boundaries read from the position
+    ids without a dense mask for speed (flash-attention's varlen kernels, FlexAttention's document mask; eager and
+    sdpa build a dense block mask over the whole packed row); padded works everywhere.
     """
     attention = attention or "sdpa"
-    masked = attention in ("eager", "sdpa")
+    masked = attention in MASKED_ATTENTIONS
     windowed = sliding_window is not None and sliding_window < max_length
     if requested == "shared_prompt" and (not masked or windowed):
         why = f"attention is {attention!r}" if not masked else f"sliding window {sliding_window} < max_length"
-        raise ValueError(f"batch_layout=shared_prompt needs eager or sdpa attention and no sliding window ({why})")
+        raise ValueError(
+            f"batch_layout=shared_prompt needs {', '.join(MASKED_ATTENTIONS)} attention and no sliding window ({why})"
+        )
     if requested != "auto":
         return requested
     if "flash" in attention:
@@ -47,26 +54,45 @@ def layout_of_model(requested: str, model: torch.nn.Module) -> str:
     return layout_for(requested, attention_implementation(config), window, max_length=window + 1 if window else 0)
 
 
-def model_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
-    """input_ids, position_ids and the attention mask of the batch's layout."""
+def model_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype, attention: str | None = None) -> dict:
+    """input_ids, position_ids and the attention mask of the batch's layout, in the form ``attention`` takes."""
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if "segment_ids" in batch:
-        inputs["attention_mask"] = shared_prompt_mask(batch["segment_ids"], dtype)
+        if attention == "flex_attention":
+            inputs["attention_mask"] = shared_prompt_block_mask(batch["segment_ids"])
+        else:
+            inputs["attention_mask"] = shared_prompt_mask(batch["segment_ids"], dtype)
     else:  # padded: the 2D mask; packed: none, the position ids mark the sequences
         inputs["attention_mask"] = batch.get("attention_mask")
     return inputs
 
 
-def shared_prompt_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [B, 1, T, T] mask for prompt + chosen + rejected rows (segments 1, 2, 3; 0 = padding).
+def shared_prompt_allowed(segment_ids: torch.Tensor):
+    """mask_mod(b, h, q, kv) of a shared-prompt row: causal over real tokens, a rejected token never sees a chosen
+    one, every query sees itself (padding rows then have no empty softmax; their outputs are never read)."""
 
-    Causal over real tokens, except that a rejected token never sees a chosen one. Every query keeps at least
-    itself, so padding rows have no empty softmax (their outputs are never read).
-    """
-    t = segment_ids.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = causal & (segment_ids != 0)[:, None, :]
-    allowed &= ~((segment_ids == 3)[:, :, None] & (segment_ids == 2)[:, None, :])
-    allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
+    def allowed(b, h, q, kv):
+        query, key = segment_ids[b, q], segment_ids[b, kv]
+        return ((kv <= q) & (key != 0) & ~((query == 3) & (key == 2))) | (q == kv)
+
+    return allowed
+
+
+def shared_prompt_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [B, 1, T, T] mask for prompt + chosen + rejected rows (segments 1, 2, 3; 0 = padding), for eager and
+    sdpa attention (``shared_prompt_allowed`` for every query and key)."""
+    b, t = segment_ids.shape
+    index = torch.arange(t, device=segment_ids.device)
+    rows = torch.arange(b, device=segment_ids.device)[:, None, None]
+    allowed = shared_prompt_allowed(segment_ids)(rows, None, index[None, :, None], index[None, None, :])
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def shared_prompt_block_mask(segment_ids: torch.Tensor):
+    """The same mask as a FlexAttention ``BlockMask``: blocks that no query of theirs may see are skipped, and no
+    [B, T, T] tensor is kept (transformers passes a BlockMask given as the attention mask straight to flex)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, t = segment_ids.shape
+    return create_block_mask(shared_prompt_allowed(segment_ids), b, None, t, t, device=segment_ids.device)

@@ -26,6 +26,16 @@ Three routes, same numbers (tested against the plain full-logits computation):
 Logit transforms: Gemma's final soft-capping and the logit multipliers some families apply after the head are
 read from the config as TRL's ``add_fused_lm_head`` reads them (``trl/trainer/utils.py``), so the numbers equal
 the model's own forward.
+
+Kernels for the first two routes (``--lm_head_kernel``; the third always goes through the module):
+
+* ``chunked`` (default): each chunk's logits, log-softmax and gradient as separate PyTorch operations;
+* ``compiled``: the same per-chunk functions through ``torch.compile`` (dynamic shapes, compiled once), which fuses
+  the elementwise work around the two matmuls: one pass over a chunk's [tokens, vocab] logits instead of several;
+* ``liger``: Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction`` with ``reduction="none"`` (per-token
+  -log p; since 0.8.x its backward folds each token's own upstream gradient in before the weight gradient is
+  summed, so any per-token weighting is exact). CUDA only (Triton), soft-capping supported, a logit multiplier
+  not (refused by ``check_kernel``).
 """
 
 from __future__ import annotations
@@ -81,11 +91,56 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return (logits if bias is None else logits + bias).float()
 
 
+def chunk_forward(hidden, weight, bias, targets, transform: LogitTransform):
+    """One chunk: (log-probs of ``targets``, logsumexp), fp32."""
+    z = transform(_chunk_logits(hidden, weight, bias))
+    lse = torch.logsumexp(z, dim=-1)
+    return z.gather(-1, targets[:, None]).squeeze(-1) - lse, lse
+
+
+def chunk_forward_and_grad(hidden, weight, bias, targets, transform: LogitTransform):
+    """One chunk: (log-probs, logsumexp, dlogp/dlogits) from one computation of its logits (a frozen head)."""
+    raw = _chunk_logits(hidden, weight, bias)
+    z = transform(raw)
+    lse = torch.logsumexp(z, dim=-1)
+    logps = z.gather(-1, targets[:, None]).squeeze(-1) - lse
+    return logps, lse, transform.scale_gradient(_dlogp_dz(z, lse, targets), raw)
+
+
+def chunk_logit_grad(hidden, weight, bias, targets, logsumexp, grad, transform: LogitTransform):
+    """One chunk's dL/dlogits (fp32) for upstream dL/dlogp ``grad`` per token: recomputes the chunk's logits."""
+    raw = _chunk_logits(hidden, weight, bias)
+    dz = _dlogp_dz(transform(raw), logsumexp, targets).mul_(grad[:, None])
+    return transform.scale_gradient(dz, raw)
+
+
+class ChunkOps:
+    """The per-chunk functions, eager (``chunked``) or through ``torch.compile`` (``compiled``), built once."""
+
+    _compiled: ChunkOps | None = None
+
+    def __init__(self, forward, forward_and_grad, logit_grad) -> None:
+        self.forward, self.forward_and_grad, self.logit_grad = forward, forward_and_grad, logit_grad
+
+    @classmethod
+    def of(cls, kernel: str) -> ChunkOps:
+        if kernel != "compiled":
+            return EAGER_OPS
+        if cls._compiled is None:  # dynamic: one graph for every chunk length (the last chunk is shorter)
+            cls._compiled = cls(*(torch.compile(f, dynamic=True) for f in EAGER_FUNCTIONS))
+        return cls._compiled
+
+
+EAGER_FUNCTIONS = (chunk_forward, chunk_forward_and_grad, chunk_logit_grad)
+EAGER_OPS = ChunkOps(*EAGER_FUNCTIONS)
+
+
 class ChunkedTokenLogps(torch.autograd.Function):
     """log softmax(transform(hidden @ weight.T + bias))[targets], chunk by chunk of tokens, in fp32."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_tokens: int, transform: LogitTransform, grads: bool):
+    def forward(ctx, hidden, weight, bias, targets, chunk_tokens: int, transform: LogitTransform, grads: bool,
+                ops: ChunkOps = EAGER_OPS):  # fmt: skip
         n = hidden.shape[0]
         logps = hidden.new_empty(n, dtype=torch.float32)
         logsumexp = hidden.new_empty(n, dtype=torch.float32)
@@ -93,15 +148,13 @@ class ChunkedTokenLogps(torch.autograd.Function):
         grad_hidden = hidden.new_empty(hidden.shape, dtype=torch.float32) if grads and frozen_head else None
         for start in range(0, n, chunk_tokens):
             rows = slice(start, min(start + chunk_tokens, n))
-            raw = _chunk_logits(hidden[rows], weight, bias)
-            z = transform(raw)
-            lse = torch.logsumexp(z, dim=-1)
-            logps[rows] = z.gather(-1, targets[rows, None]).squeeze(-1) - lse
-            logsumexp[rows] = lse
-            if grad_hidden is not None:  # frozen head: dlogp/dh now, so backward needs no second pass
-                dz = transform.scale_gradient(_dlogp_dz(z, lse, targets[rows]), raw)
+            if grad_hidden is None:
+                logps[rows], logsumexp[rows] = ops.forward(hidden[rows], weight, bias, targets[rows], transform)
+            else:  # frozen head: dlogp/dh now, so backward needs no second pass
+                logps[rows], logsumexp[rows], dz = ops.forward_and_grad(hidden[rows], weight, bias, targets[rows],
+                                                                         transform)  # fmt: skip
                 grad_hidden[rows] = dz.to(weight.dtype) @ weight
-        ctx.transform, ctx.chunk_tokens = transform, chunk_tokens
+        ctx.transform, ctx.chunk_tokens, ctx.ops = transform, chunk_tokens, ops
         ctx.save_for_backward(hidden, weight, bias, targets, logsumexp, grad_hidden)
         return logps
 
@@ -109,19 +162,18 @@ class ChunkedTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_logps):
         hidden, weight, bias, targets, logsumexp, grad_hidden_per_logp = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        nothing = (None,) * 5
         if grad_hidden_per_logp is not None:
             grad_hidden = grad_hidden_per_logp * grad_logps[:, None] if need_hidden else None
-            return (grad_hidden.to(hidden.dtype) if need_hidden else None), None, None, None, None, None, None
+            return (grad_hidden.to(hidden.dtype) if need_hidden else None), None, None, *nothing
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
-        transform, chunk_tokens = ctx.transform, ctx.chunk_tokens
+        transform, chunk_tokens, ops = ctx.transform, ctx.chunk_tokens, ctx.ops
         for start in range(0, hidden.shape[0], chunk_tokens):
             rows = slice(start, min(start + chunk_tokens, hidden.shape[0]))
-            raw = _chunk_logits(hidden[rows], weight, bias)
-            dz = _dlogp_dz(transform(raw), logsumexp[rows], targets[rows]).mul_(grad_logps[rows, None])
-            dz = transform.scale_gradient(dz, raw)  # dL/dlogits for this chunk, fp32
-            del raw
+            dz = ops.logit_grad(hidden[rows], weight, bias, targets[rows], logsumexp[rows], grad_logps[rows],
+                                transform)  # fmt: skip
             if grad_hidden is not None:
                 grad_hidden[rows] = (dz.to(weight.dtype) @ weight).float()
             if grad_weight is not None:  # accumulated in fp32 across chunks (rounding each to bf16 biases it)
@@ -132,10 +184,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
             None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            None,
-            None,
-            None,
-            None,
+            *nothing,
         )
 
 
@@ -204,17 +253,19 @@ def token_logps_from_hidden(
     targets: torch.Tensor,
     chunk_tokens: int,
     transform: LogitTransform = LogitTransform(),
+    kernel: str = "chunked",
 ) -> torch.Tensor:
     """log pi(targets[i] | hidden[i]) for hidden [M, H] and targets [M]: fp32 [M], never holding [M, V] logits.
 
     M may be 0 (a rank whose micro-batch has no response token): the head is still called, and gets a zero
-    gradient, so that data-parallel and sharded engines see the same calls on every rank.
+    gradient, so that data-parallel and sharded engines see the same calls on every rank. ``kernel``: chunked,
+    compiled or liger (the module docstring).
     """
     route = head_route(lm_head)
     if route == "fused":
-        return _fused(lm_head, hidden, targets, chunk_tokens, transform)
+        return _fused(lm_head, hidden, targets, chunk_tokens, transform, kernel)
     if route == "gathered":
-        return _fused_in_one_call(lm_head, hidden, targets, chunk_tokens, transform)
+        return _fused_in_one_call(lm_head, hidden, targets, chunk_tokens, transform, kernel)
     chunks = max(1, -(-hidden.shape[0] // chunk_tokens))
     if _gathers_on_call(lm_head):
         chunks = largest_across_ranks(chunks)  # every rank gathers the head's parameters equally often
@@ -233,18 +284,49 @@ def token_logps_from_hidden(
     )
 
 
-def _fused(lm_head, hidden, targets, chunk_tokens, transform) -> torch.Tensor:
+def _fused(lm_head, hidden, targets, chunk_tokens, transform, kernel="chunked") -> torch.Tensor:
+    if kernel == "liger" and hidden.shape[0] > 0:
+        return _liger_logps(hidden, lm_head.weight, lm_head.bias, targets, transform)
     grads = torch.is_grad_enabled() and hidden.requires_grad
-    return ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_tokens, transform, grads)
+    ops = ChunkOps.of(kernel)
+    return ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_tokens, transform, grads, ops)
 
 
-def _fused_in_one_call(lm_head, hidden, targets, chunk_tokens, transform) -> torch.Tensor:
+def _liger_logps(hidden, weight, bias, targets, transform) -> torch.Tensor:
+    """Per-token log-probs from Liger's fused linear cross-entropy (``reduction="none"`` gives -log p per token)."""
+    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+
+    losses = LigerFusedLinearCrossEntropyFunction.apply(hidden, weight, targets, bias, None, -100, 0.0, 0.0, "none",
+                                                        transform.softcap)[0]  # fmt: skip
+    return -losses.float()
+
+
+def check_kernel(kernel: str, transform: LogitTransform, device: torch.device | str | None = None) -> None:
+    """Refuse, with the reason, a kernel that cannot compute this model's log-probs here."""
+    from amapo.errors import UserError
+
+    if kernel != "liger":
+        return
+    try:
+        import liger_kernel.ops.fused_linear_cross_entropy  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"--lm_head_kernel liger needs liger-kernel (pip install liger-kernel): {err}") from None
+    if transform.scale != 1.0:
+        raise UserError(
+            f"--lm_head_kernel liger: this model multiplies its logits by {transform.scale:g}, which Liger's fused "
+            "cross-entropy does not; use --lm_head_kernel chunked or compiled"
+        )
+    if device is not None and torch.device(device).type != "cuda":
+        raise UserError("--lm_head_kernel liger runs Liger's Triton kernels, which need a CUDA GPU; use chunked")
+
+
+def _fused_in_one_call(lm_head, hidden, targets, chunk_tokens, transform, kernel="chunked") -> torch.Tensor:
     """``ChunkedTokenLogps`` run as the head's forward for one call: the engine's hooks around the call gather the
     weight (and, in backward, gather it again and reduce-scatter its gradient) exactly as for ``lm_head(hidden)``."""
     linear = lm_head._fsdp_wrapped_module if _is_fsdp1_unit(lm_head) else lm_head
     had_own_forward = "forward" in linear.__dict__
     own_forward = linear.__dict__.get("forward")
-    linear.forward = lambda h, t: _fused(linear, h, t, chunk_tokens, transform)
+    linear.forward = lambda h, t: _fused(linear, h, t, chunk_tokens, transform, kernel)
     try:
         return lm_head(hidden, targets)
     finally:

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import torch
 
 from amapo.errors import UserError
+from amapo.hf_internals import attention_implementation
 from amapo.model.layouts import model_inputs
 from amapo.model.lm_head import LogitTransform, chunk_size_for, token_logps_from_hidden
 from amapo.model.wrappers import causal_lm_of
 
-PATCH_MARK = "_amapo_response_logps"
+PATCH_MARK = "_amapo_response_logps"  # tokens per LM-head chunk
+KERNEL_MARK = "_amapo_lm_head_kernel"  # chunked, compiled or liger (amapo.model.lm_head)
 VERIFIED_MARK = "_amapo_response_logps_verified"
 # Families whose causal LM is not "decoder hidden states -> LM head -> logit transform", refused up front. Any other
 # misfit shows on the first batch (``verify_fused_logps``).
@@ -50,12 +52,14 @@ class ResponseTargets:
     ids: torch.Tensor
 
 
-def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0) -> torch.nn.Module:
+def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0, kernel: str = "chunked") -> torch.nn.Module:
     """Let ``model(..., response_targets=ResponseTargets)`` return fp32 per-token log-probs [M] (idempotent).
 
     ``chunk_tokens``: tokens per LM-head chunk; 0 = as many as keep a chunk's fp32 logits under 128 MiB.
+    ``kernel``: how the head's chunks are computed (``amapo.model.lm_head``: chunked, compiled, liger).
     """
     lm = causal_lm_of(model)
+    setattr(lm, KERNEL_MARK, kernel)
     if getattr(lm, PATCH_MARK, None) is not None:
         setattr(lm, PATCH_MARK, chunk_tokens)
         return model
@@ -73,7 +77,8 @@ def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0) -> torc
         vocab = self.config.get_text_config().vocab_size
         chunk = chunk_size_for(vocab, getattr(self, PATCH_MARK))
         hidden = hidden.reshape(-1, hidden.shape[-1])[response_targets.positions]
-        return token_logps_from_hidden(hidden, lm_head, response_targets.ids, chunk, transform)
+        kernel = getattr(self, KERNEL_MARK, "chunked")
+        return token_logps_from_hidden(hidden, lm_head, response_targets.ids, chunk, transform, kernel)
 
     lm.forward = types.MethodType(forward, lm)
     setattr(lm, PATCH_MARK, chunk_tokens)
@@ -116,7 +121,7 @@ def verify_fused_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     vocab = lm.config.get_text_config().vocab_size
     budget = max(1, chunk_size_for(vocab, getattr(lm, PATCH_MARK, 0) or 0) // CHECK_SHARE_OF_CHUNK)
     sample, columns = check_sample(batch, budget)
-    inputs = model_inputs(sample, getattr(lm, "dtype", torch.float32))
+    inputs = model_inputs(sample, getattr(lm, "dtype", torch.float32), attention_implementation(lm.config))
     ids = sample["target_ids"]
     training = model.training
     model.eval()
@@ -193,7 +198,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     else:
         if not getattr(lm, VERIFIED_MARK, False):
             verify_fused_logps(model, batch)
-        per_token = model(**model_inputs(batch, dtype), response_targets=targets)
+        inputs = model_inputs(batch, dtype, attention_implementation(lm.config))
+        per_token = model(**inputs, response_targets=targets)
     summed = per_token.new_zeros(lengths.shape[0]).index_add(0, batch["target_owner"], per_token)
     return summed, lengths
 
@@ -202,7 +208,8 @@ def plain_token_logps(
     model, batch: dict[str, torch.Tensor], targets: ResponseTargets, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """The reference computation: full logits, fp32 log-softmax per row, gathered at the table's positions."""
-    return _token_logps_of_logits(model(**model_inputs(batch, dtype), use_cache=False).logits, targets)
+    attention = attention_implementation(getattr(causal_lm_of(model), "config", None))
+    return _token_logps_of_logits(model(**model_inputs(batch, dtype, attention), use_cache=False).logits, targets)
 
 
 def _token_logps_of_logits(logits: torch.Tensor, targets: ResponseTargets) -> torch.Tensor:

@@ -6,9 +6,15 @@ import torch
 
 
 def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers causal LM inside DDP / FSDP (``.module``) and PEFT (``get_base_model``) wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
+    """The transformers causal LM inside DDP / FSDP (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT
+    (``get_base_model``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = model.__dict__.get("_modules", {}).get("_orig_mod")  # torch.compile's OptimizedModule
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model

@@ -25,11 +25,26 @@ class TrainConfig(TrainOptions, TrainingArguments):
             raise UserError(" ".join(str(err).split())) from None
         self.check()
         self.check_method()
+        self.liger_without_its_loss()
         for f in fields(TrainingArguments):  # transformers' own options: finite, and in range where BOUNDS says
             check_number(f.name, getattr(self, f.name))
         if self.max_steps != -1 and self.max_steps < 1:
             raise UserError(f"--max_steps must be -1 (off) or > 0, got {self.max_steps}")
         self.margin_pool()  # a pool size that cannot work: a clear error now
+
+    def liger_without_its_loss(self) -> None:
+        """``--use_liger_kernel``: Liger's RMSNorm, SwiGLU and RoPE kernels only. Its fused linear cross-entropy
+        would replace the model's forward, and with it amapo's response log-probs (as in TRL's DPOTrainer)."""
+        if not self.use_liger_kernel:
+            return
+        config = dict(self.liger_kernel_config or {})
+        loss_kernels = [k for k in ("fused_linear_cross_entropy", "cross_entropy") if config.get(k)]
+        if loss_kernels:
+            raise UserError(
+                f"--liger_kernel_config turns on {', '.join(loss_kernels)}, which replaces the model's forward and "
+                "with it amapo's response log-probs; for a fused LM head use --lm_head_kernel liger"
+            )
+        self.liger_kernel_config = {**config, "fused_linear_cross_entropy": False, "cross_entropy": False}
 
     def margin_pool(self) -> tuple[str, int | None]:
         """(which batch the loss's statistics see, the pool size cut from it or None for all of it).

@@ -26,6 +26,7 @@ LOSS_OPTIONS = tuple(LOSS_OPTION_FIELDS)
 MARGIN_STATS = ("micro_batch", "all_ranks", "optimizer_step")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRUNCATION_MODES = ("keep_end", "keep_start")
+LM_HEAD_KERNELS = ("chunked", "compiled", "liger")  # amapo.model.lm_head
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
 # (low, high, rule) of numeric options; the rule's "> " or ")" makes that bound open (a learning rate of 0 trains
@@ -123,20 +124,33 @@ class TrainOptionsBase:
         metadata={"help": "Set the model's dropout to 0 (as TRL and AMaPO's release do); LoRA dropout is kept."},
     )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2 (default: transformers')."}
+        default=None,
+        metadata={
+            "help": "Attention kernel: eager, sdpa, flex_attention (every layout without a dense mask), "
+            "flash_attention_2 (default: transformers')."
+        },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub. Off by default."})
     batch_layout: str = field(
         default="auto",
         metadata={
             "help": "How a batch of pairs is laid out for the forward pass: shared_prompt (prompt once per pair, "
-            "needs eager/sdpa attention), packed (no padding, for flash-attention), padded, or auto (shared_prompt "
-            "on eager/sdpa, packed on flash-attention, padded otherwise)."
+            "needs eager, sdpa or flex_attention), packed (no padding, for flash-attention or flex_attention), "
+            "padded, or auto (shared_prompt on eager/sdpa/flex_attention, packed on flash-attention, padded "
+            "otherwise)."
         },
     )
     lm_head_chunk_size: int = field(
         default=0,
         metadata={"help": "Response tokens per LM-head chunk (0: as many as keep a chunk's fp32 logits <= 128 MiB)."},
+    )
+    lm_head_kernel: str = field(
+        default="chunked",
+        metadata={
+            "help": "How response log-probs leave the LM head without full logits: chunked (PyTorch, chunk by "
+            "chunk), compiled (the same chunks through torch.compile, fused), liger (Liger-Kernel's fused linear "
+            "cross-entropy, per token; CUDA)."
+        },
     )
     chat_template: str | None = field(
         default=None, metadata={"help": "Chat template (Jinja string or .jinja path) overriding the tokenizer's."}
@@ -286,6 +300,10 @@ class TrainOptionsBase:
             )
         if self.torch_dtype not in (None, *TORCH_DTYPES):
             raise UserError(f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
+        if self.lm_head_kernel not in LM_HEAD_KERNELS:
+            raise UserError(
+                f"--lm_head_kernel must be one of {', '.join(LM_HEAD_KERNELS)}, got {self.lm_head_kernel!r}"
+            )
         if self.margin_stats is not None and self.margin_stats not in MARGIN_STATS:
             raise UserError(f"--margin_stats must be one of {', '.join(MARGIN_STATS)}, got {self.margin_stats!r}")
         parse_json_mapping("column_mapping", self.column_mapping, '{"chosen": "response_j"}')

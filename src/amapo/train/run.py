@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections import Counter
@@ -19,6 +20,7 @@ from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.losses.stats import margin_statistics
 from amapo.model.layouts import layout_for
+from amapo.model.lm_head import LogitTransform, check_kernel
 from amapo.model.loading import check_positions, load_model, load_tokenizer
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
 from amapo.run_files import METRICS_FILE, RESULTS_FILE
@@ -195,6 +197,16 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return str(checkpoint)
 
 
+def check_kernels(config: TrainConfig, model_config) -> None:
+    """The LM-head kernel and Liger's model kernels can run this model on this device (before anything loads)."""
+    check_kernel(config.lm_head_kernel, LogitTransform.of(model_config), config.device)
+    if config.use_liger_kernel:
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise UserError("--use_liger_kernel needs liger-kernel: pip install liger-kernel")
+        if config.device.type != "cuda":
+            raise UserError("--use_liger_kernel: Liger's kernels are Triton kernels and need a CUDA GPU")
+
+
 def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Train as ``amapo train`` does; ``callbacks`` (transformers TrainerCallbacks) are added to the Trainer's.
 
@@ -214,6 +226,7 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
     check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
     check_positions(config.max_length, model_config, config.model_name_or_path)
+    check_kernels(config, model_config)
     tokenizer = load_tokenizer(
         model_path, trust_remote_code=config.trust_remote_code, chat_template=config.chat_template
     )
@@ -286,6 +299,7 @@ def train_in_folder(
         loss_fn=loss_fn,
         step_statistics=step_statistics,
         lm_head_chunk_size=config.lm_head_chunk_size,
+        lm_head_kernel=config.lm_head_kernel,
         ref_model=ref_model,
         nonfinite_guard=(guard := NonFiniteGuard(config.max_nonfinite_steps, output_dir / NONFINITE_FILE)),
     )

@@ -70,18 +70,20 @@ class PreferenceTrainer(Trainer):
         loss_fn: PreferenceLoss,
         step_statistics: StepStatistics | None = None,
         lm_head_chunk_size: int = 0,
+        lm_head_kernel: str = "chunked",
         ref_model: torch.nn.Module | None = None,
         nonfinite_guard: NonFiniteGuard | None = None,
         **kwargs,
     ):
         """``loss_fn`` comes built with its ``gather`` (``margin_statistics``); ``step_statistics`` is that gather's
         source when the statistics span the optimizer step (the trainer fills it before each step);
-        ``lm_head_chunk_size``: tokens per LM-head chunk (0: 128 MiB of fp32 logits)."""
+        ``lm_head_chunk_size``: tokens per LM-head chunk (0: 128 MiB of fp32 logits); ``lm_head_kernel``: chunked,
+        compiled or liger (``amapo.model.lm_head``)."""
         self.nonfinite_guard = nonfinite_guard  # before super().__init__, which may create the optimizer
         if kwargs.get("model") is not None:  # before the Trainer wraps it (DDP, FSDP, DeepSpeed)
-            enable_response_logps(kwargs["model"], lm_head_chunk_size)
+            enable_response_logps(kwargs["model"], lm_head_chunk_size, lm_head_kernel)
         if ref_model is not None:
-            enable_response_logps(ref_model, lm_head_chunk_size)
+            enable_response_logps(ref_model, lm_head_chunk_size, lm_head_kernel)
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
         self.loss_fn = loss_fn.to(self.args.device)
