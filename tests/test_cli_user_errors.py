@@ -28,6 +28,7 @@ def rows(*pairs: dict) -> str:
 
 
 GOOD = {"prompt": "p", "chosen": "a", "rejected": "b"}
+WITH_REF = {**GOOD, "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0}
 CHAT = {
     "prompt": [{"role": "user", "content": "p"}],
     "chosen": [{"role": "assistant", "content": "a"}],
@@ -37,6 +38,19 @@ CHAT = {
 
 def user_data(tmp_path: Path, text: str | bytes, name: str = "pairs.jsonl") -> list[str]:
     return ["--model_name_or_path", MODEL, "--dataset", pairs_file(tmp_path, text, name)]
+
+
+def folder(tmp_path: Path, name: str, *files: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    for file in files:
+        (path / file).write_text(rows(GOOD) if file.endswith("jsonl") else "prompt,chosen,rejected\np,a,b\n")
+    return path
+
+
+def recipe(tmp_path: Path, text: str) -> list[str]:
+    (tmp_path / "recipe.yaml").write_text(text)
+    return ["--config", str(tmp_path / "recipe.yaml"), "--model_name_or_path", MODEL, "--dataset", "builtin:reverse"]
 
 
 def bad_recipe(tmp_path: Path) -> list[str]:
@@ -78,6 +92,30 @@ CASES = [
      ["row 0", "'human'", "--role_mapping"]),
     ("mixed formats", lambda t: user_data(t, rows(GOOD, CHAT)), ["row 1", "row 0"]),
     ("max_length beyond positions", lambda t: ["--max_length", "1024"], ["--max_length 1024", "512 positions"]),
+    # issue 27: the inputs a user names, checked for existence, kind and readability before anything loads
+    ("parquet holding JSON", lambda t: user_data(t, rows(GOOD), "pairs.parquet"),
+     ["--dataset", "pairs.parquet is not a Parquet file", "name it .jsonl"]),
+    ("empty folder", lambda t: ["--model_name_or_path", MODEL, "--dataset", str(folder(t, "empty"))],
+     ["--dataset", "holds no data file"]),
+    ("folder of two formats", lambda t: ["--model_name_or_path", MODEL, "--dataset", str(folder(t, "mixed", "a.jsonl",
+                                                                                                "b.csv"))],
+     ["mixes formats (.csv, .json)"]),
+    ("unknown data suffix", lambda t: user_data(t, rows(GOOD), "pairs.txt"),
+     ["--dataset", "pairs.txt is not a data file amapo reads", ".jsonl"]),
+    ("empty eval-set path", lambda t: ["--eval_datasets", "x="], ["--eval_datasets", "NAME=SOURCE", "'x='"]),
+    ("eval set without a name", lambda t: ["--eval_datasets", "=held.jsonl"], ["--eval_datasets", "'=held.jsonl'"]),
+    ("eval set in a bad parquet", lambda t: ["--eval_datasets", f"held={pairs_file(t, rows(GOOD), 'held.parquet')}"],
+     ["--eval_datasets", "held.parquet is not a Parquet file"]),
+    ("recipe value of the wrong type", lambda t: recipe(t, "method: simpo\nbeta: two\n"),
+     ["recipe.yaml:2: beta: 'two' is not a number", "beta: 2.5"]),
+    ("recipe flag of the wrong type", lambda t: recipe(t, "use_peft: maybe\n"), ["recipe.yaml:1", "true or false"]),
+    ("flag of the wrong type", lambda t: ["--beta", "two"], ["argument --beta: invalid float value: 'two'"]),
+    ("recipe that is a folder", lambda t: ["--config", str(folder(t, "recipes"))], ["is a folder", "YAML recipe"]),
+    ("non-finite reference log-prob", lambda t: [*user_data(t, rows(*[WITH_REF] * 3, {**WITH_REF, "ref_chosen_logps":
+     float("nan")})), "--method", "dpo"], ["pairs.jsonl:4, row 3, field 'ref_chosen_logps': must be a finite number, "
+                                           "got nan", "--drop_invalid_rows true"]),
+    ("non-finite offset", lambda t: [*user_data(t, rows({**GOOD, "offset": float("inf")})), "--method", "odpo"],
+     ["row 0, field 'offset': must be a finite number, got inf"]),
 ]  # fmt: skip
 
 
@@ -235,3 +273,89 @@ def test_transformers_internals_amapo_relies_on_are_checked():
     del Renamed._save_checkpoint
     with pytest.raises(RuntimeError, match=r"get_batch_samples is \(iterator, count, device\)"):
         check_trainer_hooks(Renamed)
+
+
+# --- issue 27: the last tracebacks and silent runs ------------------------------------------------------------
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_and_the_file_stays(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    assert main(["train", "--output_dir", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"amapo train: error: --output_dir {target} is a file, not a folder: choose another --output_dir " \
+                  "(the file is left as it is)"  # fmt: skip
+    assert target.read_text() == "mine\n"
+
+
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
+    """SIGINT before training starts (here: while torch and transformers import) is exit 130 and one line, not a
+    KeyboardInterrupt traceback; during training the checkpoint-then-stop of test_reliability applies."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(tmp_path / "out")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.7)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "amapo train: interrupted" and "Traceback" not in err
+
+
+def test_transformers_outside_the_tested_range_is_one_warning_line(monkeypatch, capsys):
+    import importlib.metadata
+
+    from amapo.hf_internals import TESTED_TRANSFORMERS, outside_tested_range
+
+    assert not outside_tested_range(TESTED_TRANSFORMERS[0]) and not outside_tested_range(TESTED_TRANSFORMERS[-1])
+    assert outside_tested_range("5.22.1") and outside_tested_range("5.99.0") and outside_tested_range("6.0.0")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.99.0" if name == "transformers" else "0")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"amapo: warning: transformers 5.99.0 is outside the range amapo is tested on "
+                   f"({TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[-1]}); if something breaks, pip install "
+                   f"'transformers=={TESTED_TRANSFORMERS[-1]}'"]  # fmt: skip
+
+
+def test_ci_tests_the_range_the_install_allows():
+    """pyproject's transformers range is exactly TESTED_TRANSFORMERS (so the README install gets what CI tests)."""
+    import re
+
+    from amapo.hf_internals import TESTED_TRANSFORMERS
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    low, high = re.search(r'"transformers>=([\d.]+),<([\d.]+)"', pyproject).groups()
+    oldest, newest = (tuple(map(int, v.split(".")[:2])) for v in TESTED_TRANSFORMERS)
+    assert tuple(map(int, low.split("."))) == oldest
+    assert tuple(map(int, high.split("."))) == (newest[0], newest[1] + 1)
+
+
+def test_help_of_every_command_imports_no_torch():
+    """--help builds the parser from the command's option dataclass alone (torch-free modules): quick everywhere,
+    where eval, analyze, generate and make-pairs took 3-4 s and compare 7 s."""
+    done = python(
+        "import sys\nfrom amapo.cli import main\n"
+        "for command in ('train', 'eval', 'analyze', 'compare', 'generate', 'make-pairs'):\n"
+        "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'datasets', 'transformers.training_args') if m in sys.modules))"
+    )
+    assert done.returncode == 0, done.stderr
+    parser_alone = python("import sys\nfrom transformers import HfArgumentParser\nprint('torch' in sys.modules)")
+    allowed = "['torch']" if parser_alone.stdout.strip() == "True" else "[]"
+    assert done.stdout.strip().splitlines()[-1] == allowed
+    for option in ("--datasets", "--questions", "--prompts", "--methods"):
+        assert option in done.stdout
+
+
+def test_a_finished_built_in_run_is_refused_with_hints_that_work(tmp_path, capsys, monkeypatch):
+    """The built-in run keeps no checkpoint: the refusal must not suggest --resume_from_checkpoint last."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"")
+    assert main(["train", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"amapo train: error: {out} already holds a finished run: choose another --output_dir, or pass "
+                   "--overwrite_output_dir true")  # fmt: skip

@@ -53,6 +53,45 @@ def test_non_finite_step_is_skipped_and_names_its_rows(tmp_path, nan_on_long_ans
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_a_run_whose_every_step_was_skipped_fails_and_saves_no_model(tmp_path, nan_on_long_answers, capsys):
+    """Issue 27: a run that skipped its only steps ended with exit 0 and an untrained "final" model. Now it is one
+    line and exit 1, no model; each skipped step is its own line naming what was not finite and where."""
+    from amapo.cli import main
+
+    data = write_pairs(tmp_path / "pairs.jsonl", 8, long_rows=tuple(range(8)))
+    out = tmp_path / "out"
+    code = main(["train", "--config", "builtin", "--output_dir", str(out), "--dataset", str(data), "--method", "simpo",
+                 "--per_device_train_batch_size", "4", "--max_steps", "2", "--eval_datasets", "none",
+                 "--train_sampling_strategy", "sequential"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and not (out / "model.safetensors").exists()
+    lines = [line for line in err.splitlines() if line.startswith("amapo")]
+    assert lines[0] == ("amapo: step 1 skipped, the weights not updated: non-finite loss in dataset rows [0, 1, 2, 3] "
+                        "(1 in a row; the run stops at 3)")  # fmt: skip
+    assert lines[1].startswith("amapo: step 2 skipped") and "[4, 5, 6, 7]" in lines[1]
+    assert lines[2].startswith("amapo train: stopped: every one of the 2 optimizer steps had a non-finite loss")
+    assert len(lines) == 3 and "Traceback" not in err
+
+
+def test_a_non_finite_input_is_named_in_the_skip_line(capsys):
+    from amapo.train.reliability import NonFiniteGuard
+
+    guard = NonFiniteGuard(0, Path(os.devnull))
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    guard.wrap(optimizer, step_number=lambda: 4)
+    chosen, losses = torch.tensor([-1.0, float("nan"), -2.0]), torch.tensor([0.1, float("nan"), 0.2])
+    terms = {"chosen_logps": chosen, "ref_chosen_logps": None, "loss": losses}
+    guard.note_batch(torch.tensor(float("nan")), torch.tensor([7, 8, 9]), terms)
+    weight.grad = torch.ones(1)
+    optimizer.step()
+    assert weight.item() == 0.0  # skipped
+    assert capsys.readouterr().err.strip() == (
+        "amapo: step 4 skipped, the weights not updated: non-finite chosen_logps in dataset rows [8]; loss in "
+        "dataset rows [8]"
+    )
+
+
 def test_too_many_non_finite_steps_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, nan_on_long_answers):
     data = write_pairs(tmp_path / "pairs.jsonl", 12, long_rows=tuple(range(4, 12)))
     out = tmp_path / "out"
@@ -70,8 +109,11 @@ def test_too_many_non_finite_steps_stop_the_run_and_keep_the_last_good_checkpoin
 def test_output_folder_holding_a_run_is_not_overwritten(tmp_path):
     args = ("--max_steps", "1", "--eval_datasets", "none")
     train(tmp_path / "out", *args)
-    with pytest.raises(UserError, match=r"already holds a run.*--overwrite_output_dir true"):
+    with pytest.raises(UserError, match=r"already holds a finished run.*--overwrite_output_dir true") as refused:
         train(tmp_path / "out", *args)
+    # the resume hint only where a complete checkpoint makes it work
+    has_checkpoint = last_complete_checkpoint(tmp_path / "out") is not None
+    assert ("--resume_from_checkpoint last" in str(refused.value)) == has_checkpoint
     train(tmp_path / "out", *args, "--overwrite_output_dir", "true")
 
 
@@ -121,13 +163,25 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "out"
     process = amapo_process(out)
     assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
-    return load_file(out / "model.safetensors")
+    return load_file(out / "model.safetensors"), train_metrics(out)
+
+
+def train_metrics(out: Path) -> dict[str, float]:
+    return json.loads((out / "results.json").read_text())["train"]
 
 
 def resume(out: Path) -> dict[str, torch.Tensor]:
     process = amapo_process(out, "--resume_from_checkpoint", "last")
     assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
     return load_file(out / "model.safetensors")
+
+
+def assert_whole_run_reported(out: Path, uninterrupted) -> None:
+    """The resumed run's train_loss is the whole run's, as the uninterrupted run reports it (issue 27: it was the
+    resumed part's alone, unlabelled), and the resumed part's own is there under its own name."""
+    resumed, full = train_metrics(out), uninterrupted[1]
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-9)
+    assert "train_loss_since_resume" in resumed and "train_loss_since_resume" not in full
 
 
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -145,7 +199,8 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_ends_bitwise_equal(tmp_p
     checkpoint = last_complete_checkpoint(out)
     assert checkpoint is not None and 20 <= int(checkpoint.name.split("-")[1]) < 300
     assert not (out / "model.safetensors").exists()
-    assert_bitwise_equal(resume(out), uninterrupted)
+    assert_bitwise_equal(resume(out), uninterrupted[0])
+    assert_whole_run_reported(out, uninterrupted)
 
 
 def test_sigkill_at_an_arbitrary_step_resumes_bitwise_equal(tmp_path, uninterrupted):
@@ -154,7 +209,8 @@ def test_sigkill_at_an_arbitrary_step_resumes_bitwise_equal(tmp_path, uninterrup
     wait_for(lambda: last_complete_checkpoint(out) is not None and logged_steps(out) >= 60, process)
     process.kill()  # SIGKILL: no handler runs, possibly in the middle of writing a checkpoint
     process.wait(timeout=60)
-    assert_bitwise_equal(resume(out), uninterrupted)
+    assert_bitwise_equal(resume(out), uninterrupted[0])
+    assert_whole_run_reported(out, uninterrupted)
 
 
 # --- options and trust ------------------------------------------------------------------------------------

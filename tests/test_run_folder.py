@@ -140,7 +140,8 @@ def test_overwrite_with_resume_is_refused_and_removes_nothing(old_run):
 
 
 def test_a_folder_holding_a_run_is_refused_without_overwrite(old_run):
-    with pytest.raises(UserError, match=r"already holds a run.*--overwrite_output_dir true"):
+    with pytest.raises(UserError, match=r"already holds a finished run.*resume it with --resume_from_checkpoint last.*"
+                                        r"--overwrite_output_dir true"):  # fmt: skip
         train(old_run)
 
 

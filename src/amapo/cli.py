@@ -21,14 +21,13 @@ import traceback
 from amapo.errors import UserError
 
 COMMANDS = ("train", "eval", "analyze", "compare", "generate", "make-pairs")
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
 
 
 def parse_dataclass(cls, argv: list[str], prog: str, description: str):
-    from transformers import HfArgumentParser
+    from amapo.train.parsing import one_line_parser, parse_all
 
-    from amapo.train.parsing import parse_all
-
-    parser = HfArgumentParser(cls, prog=prog, description=description, allow_abbrev=False)
+    parser = one_line_parser(cls, prog=prog, description=description)
     return parse_all(parser, argv, f"{prog} --help")
 
 
@@ -36,9 +35,13 @@ def close_process_group(wait: bool) -> None:
     """Tear down torch.distributed before exit: a gloo group left open sometimes aborted the process at exit
     ("terminate called without an active exception") after a successful run.
 
-    ``wait``: first wait until every rank is done with the group (rank 0 may still be writing outputs).
+    ``wait``: first wait until every rank is done with the group (rank 0 may still be writing outputs). Nothing to
+    do if torch.distributed was never imported (importing it here, after a Ctrl-C cut torch's own import short,
+    crashed the process).
     """
-    import torch.distributed as dist
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return
 
     if dist.is_available() and dist.is_initialized():
         if wait:
@@ -48,15 +51,43 @@ def close_process_group(wait: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else ""
     try:
+        warn_if_untested_transformers()
         return run_command(argv)
     except UserError as err:  # the user's to fix: one line, no traceback (a bug keeps its traceback)
-        if os.environ.get("AMAPO_DEBUG", "") not in ("", "0"):
+        if debugging():
             traceback.print_exc()
-        command = argv[0] if argv else ""
         print(f"amapo {command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         close_process_group(wait=False)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while importing, loading or reading data (training saves, then stops)
+        if debugging():
+            traceback.print_exc()
+        print(f"amapo {command}: interrupted", file=sys.stderr)
+        close_process_group(wait=False)
+        return INTERRUPTED
+
+
+def debugging() -> bool:
+    return os.environ.get("AMAPO_DEBUG", "") not in ("", "0")
+
+
+def warn_if_untested_transformers() -> None:
+    """One line on stderr when the installed transformers is outside the range CI runs amapo on (read from its
+    package metadata: no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from amapo.hf_internals import TESTED_TRANSFORMERS, outside_tested_range
+
+    try:
+        installed = version("transformers")
+    except PackageNotFoundError:
+        return
+    if outside_tested_range(installed):
+        print(f"amapo: warning: transformers {installed} is outside the range amapo is tested on "
+              f"({TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[-1]}); if something breaks, "
+              f"pip install 'transformers=={TESTED_TRANSFORMERS[-1]}'", file=sys.stderr)  # fmt: skip
 
 
 def run_command(argv: list[str]) -> int:
@@ -73,6 +104,7 @@ def run_command(argv: list[str]) -> int:
         from amapo.train.preflight import check_before_loading
 
         config = parse_train_args(rest, preflight=check_before_loading)
+        from amapo.train.reliability import TrainingFailed
         from amapo.train.run import TrainingInterrupted, run_training
 
         try:
@@ -81,32 +113,51 @@ def run_command(argv: list[str]) -> int:
             print(f"amapo: {stop}", file=sys.stderr)
             close_process_group(wait=False)
             return 128 + stop.signum
+        except TrainingFailed as failed:  # no trained model: one line, a non-zero exit
+            print(f"amapo train: stopped: {failed}", file=sys.stderr)
+            close_process_group(wait=False)
+            return 1
         close_process_group(wait=True)
     elif command == "eval":
-        from amapo.evaluation.run import EvalConfig, run_eval
+        from amapo.evaluation.options import EvalConfig
 
-        run_eval(parse_dataclass(EvalConfig, rest, "amapo eval", "Ranking accuracy of a model on preference sets."))
+        config = parse_dataclass(EvalConfig, rest, "amapo eval", "Ranking accuracy of a model on preference sets.")
+        from amapo.evaluation.run import run_eval
+
+        run_eval(config)
     elif command == "analyze":
-        from amapo.evaluation.analysis import AnalyzeConfig, run_analysis
+        from amapo.evaluation.options import AnalyzeConfig
 
-        run_analysis(parse_dataclass(AnalyzeConfig, rest, "amapo analyze", "Where each method's gradient goes."))
+        config = parse_dataclass(AnalyzeConfig, rest, "amapo analyze", "Where each method's gradient goes.")
+        from amapo.evaluation.analysis import run_analysis
+
+        run_analysis(config)
     elif command == "generate":
-        from amapo.generation.run import GenerateConfig, run_generate
+        from amapo.generation.options import GenerateConfig
 
         description = (
             "Answers to AlpacaEval 2, Arena-Hard or MT-Bench questions, in the file each benchmark's judge reads."
         )
-        run_generate(parse_dataclass(GenerateConfig, rest, "amapo generate", description))
+        config = parse_dataclass(GenerateConfig, rest, "amapo generate", description)
+        from amapo.generation.run import run_generate
+
+        run_generate(config)
     elif command == "make-pairs":
-        from amapo.onpolicy.run import MakePairsConfig, run_make_pairs
+        from amapo.onpolicy.options import MakePairsConfig
 
         description = "On-policy preference pairs: answers sampled from a policy, scored by a reward, best vs worst."
-        run_make_pairs(parse_dataclass(MakePairsConfig, rest, "amapo make-pairs", description))
+        config = parse_dataclass(MakePairsConfig, rest, "amapo make-pairs", description)
+        from amapo.onpolicy.run import run_make_pairs
+
+        run_make_pairs(config)
         close_process_group(wait=True)
     else:
-        from amapo.compare.run import CompareConfig, run_compare
+        from amapo.compare.config import CompareConfig
 
-        run_compare(parse_dataclass(CompareConfig, rest, "amapo compare", "Train, evaluate and compare methods."))
+        config = parse_dataclass(CompareConfig, rest, "amapo compare", "Train, evaluate and compare methods.")
+        from amapo.compare.run import run_compare
+
+        run_compare(config)
     return 0
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_method, check_number
-from amapo.evaluation.sets import check_named_sets
 
 DEFAULT_METHODS = [
     "dpo",
@@ -93,6 +92,8 @@ class CompareConfig:
             raise UserError(f"--max_steps must be -1 (the recipe's budget) or >= 1, got {self.max_steps}")
         for option in ("eval_steps", "eval_pairs", "max_generations", "max_new_tokens", "workers"):
             check_number(option, getattr(self, option), ">= 1")
+        from amapo.evaluation.sets import check_named_sets  # (datasets: only once options are given)
+
         check_named_sets("eval_datasets", self.eval_datasets)
 
 

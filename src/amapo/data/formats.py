@@ -18,8 +18,9 @@ through unchanged. The per-row checks and conversions live in ``amapo.data.pairs
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from amapo.data.caching import SOURCE_DIGEST
@@ -31,6 +32,19 @@ if TYPE_CHECKING:
     import datasets  # (type hints only: importing this module must stay light)
 
 STANDARD_FIELDS = ("prompt", "chosen", "rejected")
+# Columns of numbers a loss reads (ODPO's offset, precomputed reference log-probs): checked as text is checked, so a
+# NaN in one row is an error naming it (or a dropped, counted row with drop_invalid), never a skipped step.
+NUMERIC_FIELDS = ("offset", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def check_numbers(values: Mapping[str, Any], index: int, fields: Sequence[str] = NUMERIC_FIELDS) -> None:
+    """Every numeric field present in ``values`` holds a finite number (a DataError naming row and column)."""
+    for name in fields:
+        value = values.get(name, MISSING)
+        if value is MISSING:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise DataError(f"must be a finite number, got {value!r} (or pass --drop_invalid_rows true)", index, name)
 _FRESH = "__amapo_standard__"
 OPENAI_PREFERENCE_PATHS = {"prompt": "input.messages", "chosen": "preferred_output", "rejected": "non_preferred_output"}
 
@@ -84,8 +98,11 @@ def standardize_preference_dataset(
     drop_invalid: bool = False,
     dropped: Counter | None = None,
     role_mapping: Mapping[str, str] | None = None,
+    numeric_fields: Sequence[str] = NUMERIC_FIELDS,
 ) -> datasets.Dataset:
     """``dataset`` in the standard form: ``prompt``/``chosen``/``rejected`` plus passthrough columns.
+
+    ``numeric_fields``: columns whose values must be finite numbers where present (``check_numbers``).
 
     Runs as ``Dataset.map`` (so it scales to datasets larger than memory). ``role_mapping`` renames message roles
     (``pairs.check_messages``). A bad row, or one whose format (plain or conversational) differs from the first
@@ -115,6 +132,7 @@ def standardize_preference_dataset(
             if value is MISSING:
                 raise DataError(f"missing (column_mapping path {path!r})", index, name)
             out[name] = value
+        check_numbers({**row, **out}, index, numeric_fields)
         return {_FRESH + name: value for name, value in out.items()}
 
     # every row must have the kind of the first row that converts (a mix: pairs.mixed_kinds)

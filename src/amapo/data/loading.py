@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import datasets
 
-from amapo.data.formats import standardize_preference_dataset
+from amapo.data.formats import NUMERIC_FIELDS, standardize_preference_dataset
 from amapo.data.json_table import json_dataset
 from amapo.data.reading import is_json_file
+from amapo.data.sources import check_data_files, data_suffix
 from amapo.errors import UserError
 
 # File suffix -> the ``datasets`` builder that reads it; compressed copies (".jsonl.gz") read the same way.
 BUILDER_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
-
-
-def _data_suffix(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
-        suffixes.pop()
-    return suffixes[-1] if suffixes else ""
 
 
 def _looks_like_local_path(source: str) -> bool:
     """True for "./x", "/x", "~/x", "..", "data.jsonl": a typo there must not turn into a Hub lookup."""
-    return source.startswith((".", "/", "~", "\\")) or _data_suffix(Path(source)) in BUILDER_BY_SUFFIX
+    return source.startswith((".", "/", "~", "\\")) or data_suffix(Path(source)) is not None
 
 
 def load_raw_dataset(source: str, *, split: str = "train", dataset_config: str | None = None) -> datasets.Dataset:
@@ -45,14 +38,12 @@ def load_raw_dataset(source: str, *, split: str = "train", dataset_config: str |
             raise UserError(f"--dataset_config {dataset_config} applies to Hub datasets, not to the file {source}")
         if is_json_file(path):  # read ourselves: every problem names the file and line (amapo.data.reading)
             return select_split(json_dataset(path), split, path.name)
-        builder = BUILDER_BY_SUFFIX.get(_data_suffix(path))
-        if builder is None:
-            known = ", ".join(sorted(BUILDER_BY_SUFFIX))
-            raise UserError(f"cannot read {source}: unknown file type (known: {known}, optionally compressed)")
-        return datasets.load_dataset(builder, data_files=str(path), split=split)
+        check_data_files("", path)  # a known kind, readable, Parquet magic: one line, not the reader's trace
+        return datasets.load_dataset(BUILDER_BY_SUFFIX[data_suffix(path)], data_files=str(path), split=split)
     if path.is_dir():
         if dataset_config is not None:
             raise UserError(f"--dataset_config {dataset_config} applies to Hub datasets, not to the folder {source}")
+        check_data_files("", path)  # holds data files, of one format
         return datasets.load_dataset(str(path), split=split)
     if _looks_like_local_path(source):
         raise UserError(f"preference dataset {source} not found (looked for {path.absolute()})")
@@ -82,6 +73,7 @@ def load_preference_dataset(
     drop_invalid: bool = False,
     dropped: Counter | None = None,
     role_mapping: Mapping[str, str] | None = None,
+    numeric_fields: Sequence[str] = NUMERIC_FIELDS,
 ) -> datasets.Dataset:
     """Load ``source`` and convert it to the standard form (columns ``prompt``, ``chosen``, ``rejected``).
 
@@ -93,5 +85,10 @@ def load_preference_dataset(
     """
     raw = load_raw_dataset(source, split=split, dataset_config=dataset_config)
     return standardize_preference_dataset(
-        raw, column_mapping, drop_invalid=drop_invalid, dropped=dropped, role_mapping=role_mapping
+        raw,
+        column_mapping,
+        drop_invalid=drop_invalid,
+        dropped=dropped,
+        role_mapping=role_mapping,
+        numeric_fields=numeric_fields,
     )

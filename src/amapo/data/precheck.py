@@ -7,12 +7,12 @@ the same checks as the conversion (``amapo.data.formats`` / ``amapo.data.pairs``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from amapo.data.errors import DataError
-from amapo.data.formats import field_paths, lookup
+from amapo.data.formats import NUMERIC_FIELDS, check_numbers, field_paths, lookup
 from amapo.data.pairs import MISSING, check_role_mapping, mixed_kinds, row_kind, standardize_pair
 from amapo.data.reading import checked_rows, is_json_file, read_json_rows
 
@@ -23,6 +23,7 @@ def check_local_dataset(
     column_mapping: Mapping[str, str] | None = None,
     role_mapping: Mapping[str, str] | None = None,
     drop_invalid: bool = False,
+    numeric_fields: Sequence[str] = NUMERIC_FIELDS,
 ) -> int | None:
     """The number of rows of the local JSON/JSONL file ``source``, after checking every one; None for a source
     this cannot read cheaply (parquet, csv, a folder, a Hub name, ``builtin:``). With ``drop_invalid`` only the
@@ -51,6 +52,9 @@ def check_local_dataset(
     for index, (line, row) in enumerate(read_json_rows(path)):
         try:
             kind = row_kind(_converted_chosen(row, index, paths, list(columns), role_mapping))
+            check_numbers({**row, **{name: lookup(row, path) for name, path in paths.items()
+                                     if path is not None and name not in ("prompt", "chosen", "rejected")}},
+                          index, numeric_fields)  # fmt: skip
             first = first or (kind, index)
             if kind != first[0]:
                 raise DataError(mixed_kinds(kind, first), index, "chosen")

@@ -7,7 +7,6 @@ methods at the same scores, not methods after different training.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from rich.console import Console
 
 from amapo.builtin import resolve_source
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_data_path, check_method, check_model_path, check_number
+from amapo.evaluation.checks import check_data_path, check_model_path
+from amapo.evaluation.options import AnalyzeConfig
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights
 from amapo.evaluation.run import (
     check_model_positions,
@@ -28,7 +28,6 @@ from amapo.evaluation.run import (
 )
 from amapo.evaluation.scoring import compute_pair_logps, score_with_loss
 from amapo.evaluation.sets import (
-    MAPPING_EXAMPLE,
     EvalSet,
     column_mapping,
     load_set,
@@ -37,46 +36,7 @@ from amapo.evaluation.sets import (
     token_limits,
 )
 from amapo.model.loading import load_tokenizer
-from amapo.options_json import parse_json_mapping
 from amapo.run_files import accuracy_by_set
-
-DEFAULT_METHODS = ["dpo", "simpo", "amapo", "amapo-released"]
-
-
-@dataclass
-class AnalyzeConfig:
-    model_name_or_path: str = field(metadata={"help": "A checkpoint or `amapo train` output folder."})
-    dataset: str = field(metadata={"help": "Pairs to analyze: 'SOURCE', 'SOURCE@SPLIT' or 'NAME=SOURCE@SPLIT'."})
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={"help": "Methods to compare."})
-    ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference (default: initial policy)."})
-    batch_size: int = field(default=32, metadata={"help": "Pairs per batch (AMaPO's statistics batch)."})
-    max_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 1024."})
-    max_prompt_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 512."})
-    column_mapping: str | None = field(
-        default=None,
-        metadata={"help": "JSON column mapping, as for training. Default: the training run's; '{}' for none."},
-    )
-    output_dir: str | None = field(default=None, metadata={"help": "Default: MODEL/analysis."})
-
-    def __post_init__(self) -> None:
-        """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
-        if not self.methods:
-            raise UserError(f"--methods needs at least one method, e.g. --methods {' '.join(DEFAULT_METHODS)}")
-        for method in self.methods:
-            check_method("methods", method)
-        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
-        if twice:
-            raise UserError(f"--methods lists {', '.join(twice)} twice: give each method once")
-        for option in ("batch_size", "max_length", "max_prompt_length"):
-            check_number(option, getattr(self, option), ">= 1")
-        parse_json_mapping("column_mapping", self.column_mapping, MAPPING_EXAMPLE)
-        name, source, _ = parse_named_set(self.named_dataset)
-        if not name or not source:
-            raise UserError(f"--dataset must be SOURCE, SOURCE@SPLIT or NAME=SOURCE@SPLIT, got {self.dataset!r}")
-
-    @property
-    def named_dataset(self) -> str:
-        return self.dataset if "=" in self.dataset else f"pairs={self.dataset}"
 
 
 def accuracy_curves_from_metrics(metrics_file: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from amapo.builtin import is_builtin
-from amapo.data.sources import check_local_path, looks_local
+from amapo.data.sources import check_data_files, check_local_path, looks_local
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
 
@@ -53,10 +53,15 @@ def check_limits(max_length: int, max_prompt_length: int, truncation_mode: str, 
 
 
 def check_data_path(label: str, source: str) -> None:
-    """A clearly local dataset (a path, or a file name such as pairs.jsonl) exists; ``label`` names the set."""
-    if not is_builtin(source) and looks_local(source, data=True) and not Path(source).expanduser().exists():
-        where = Path(source).expanduser().absolute()
-        raise UserError(f"{label}: no such file or folder {source} (looked in {where})")
+    """A clearly local dataset (a path, or a file name such as pairs.jsonl) exists, and a local one holds data
+    amapo reads (``check_data_files``); ``label`` names the set."""
+    if is_builtin(source):
+        return
+    path = Path(source).expanduser()
+    if looks_local(source, data=True) and not path.exists():
+        raise UserError(f"{label}: no such file or folder {source} (looked in {path.absolute()})")
+    if path.exists():
+        check_data_files(label, path)
 
 
 def check_method(option: str, name: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,16 @@ from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
 from amapo.console import print_table
 from amapo.data.sources import looks_local
-from amapo.data.tokenization import check_rendering
-from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_data_path, check_method, check_model_path, check_number
+from amapo.evaluation.checks import check_data_path, check_method, check_model_path
 from amapo.evaluation.generation import write_alpacaeval
+from amapo.evaluation.options import EvalConfig
 from amapo.evaluation.plots import plot_margin_histograms
 from amapo.evaluation.response_sets import RM_BENCH, RM_BENCH_DOMAINS, RM_BENCH_STYLES, ResponseSet
 from amapo.evaluation.scoring import PairScores, score_set
 from amapo.evaluation.sets import (
-    MAPPING_EXAMPLE,
     SET_EXAMPLE,
     EvalSet,
-    check_named_sets,
     column_mapping,
     given_sets,
     load_set,
@@ -39,75 +35,11 @@ from amapo.evaluation.sets import (
 from amapo.losses import PreferenceLoss, build_loss, loss_spec
 from amapo.model.generate import generate_responses
 from amapo.model.loading import best_device, check_positions, load_model, load_tokenizer
-from amapo.options_json import parse_json_mapping
 from amapo.run_files import CONFIG_FILE
 
 RESULTS_FILE = "eval_results.json"
+__all__ = ["EvalConfig", "run_eval"]
 
-
-@dataclass
-class EvalConfig:
-    model_name_or_path: str = field(metadata={"help": "Model to evaluate: an `amapo train` output folder or Hub id."})
-    datasets: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Eval sets, each 'NAME=SOURCE' or 'NAME=SOURCE@SPLIT' (SOURCE: file, folder, Hub, builtin:), "
-            "or a shorthand: 'rm-bench' (THU-KEG/RM-Bench), 'rm-robustness' (its four in-distribution and OOD sets). "
-            "The format (pairs, RM-Bench, scored responses) is read from the columns, or named: "
-            "'NAME=rm-bench:SOURCE', 'NAME=scored-responses:SOURCE', 'NAME=pairs:SOURCE'. "
-            "Default: the eval sets of the `amapo train` run in model_name_or_path (its eval_split, named 'eval', "
-            "and its eval_datasets)."
-        },
-    )
-    method: str | None = field(
-        default=None,
-        metadata={"help": "Whose implicit reward to rank by (default: the method the model was trained with)."},
-    )
-    beta: float | None = field(default=None, metadata={"help": "Override the method's beta."})
-    ref_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Reference model for reference-based methods (default: the initial policy)."}
-    )
-    batch_size: int = field(default=32, metadata={"help": "Pairs per batch (also AMaPO's statistics batch)."})
-    max_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 1024."})
-    max_prompt_length: int | None = field(default=None, metadata={"help": "Default: the training run's, else 512."})
-    truncation_mode: str | None = field(default=None, metadata={"help": "Default: the training run's, else keep_end."})
-    chat_rendering: str | None = field(
-        default=None, metadata={"help": "amapo or handbook (as in training). Default: the training run's, else amapo."}
-    )
-    column_mapping: str | None = field(
-        default=None,
-        metadata={"help": "JSON column mapping, as for training. Default: the training run's; '{}' for none."},
-    )
-    generate: bool = field(default=False, metadata={"help": "Also sample answers to each set's prompts."})
-    max_generations: int = field(default=256, metadata={"help": "Prompts to answer per set."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Tokens per generated answer."})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where results go (default: MODEL/eval)."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    attn_implementation: str | None = field(
-        default=None,
-        metadata={
-            "help": "Attention kernel: eager, sdpa, flex_attention, flash_attention_2 (default: transformers'); "
-            "the batch layout follows it (shared_prompt on eager/sdpa/flex_attention, packed on flash-attention)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
-        for option in ("batch_size", "max_generations", "max_new_tokens", "max_length", "max_prompt_length"):
-            check_number(option, getattr(self, option), ">= 1")
-        check_number("beta", self.beta, "> 0")
-        check_number("temperature", self.temperature, ">= 0")
-        if self.truncation_mode is not None and self.truncation_mode not in TRUNCATION_MODES:
-            raise UserError(
-                f"--truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation_mode!r}"
-            )
-        if self.chat_rendering is not None:
-            check_rendering(self.chat_rendering)
-        if self.method is not None:
-            check_method("method", self.method)
-        parse_json_mapping("column_mapping", self.column_mapping, MAPPING_EXAMPLE)
-        check_named_sets("datasets", self.datasets)
 
 
 def trained_config(model_dir: str) -> dict[str, Any]:

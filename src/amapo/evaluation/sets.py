@@ -96,7 +96,7 @@ def check_named_sets(option: str, entries: list[str]) -> None:
     shorthands = " or ".join(SHORTHANDS)
     for entry in expand_shorthands(entries):
         name, source, _ = parse_named_set(entry)
-        if "=" not in entry or not name or not source:
+        if "=" not in entry or not name.strip() or not source.strip():
             raise UserError(
                 f"--{option} entries must be NAME=SOURCE[@SPLIT] (e.g. {SET_EXAMPLE}) or {shorthands}, got {entry!r}"
             )

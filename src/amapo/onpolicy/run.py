@@ -17,25 +17,22 @@ its own shards, and the first process merges them once all are done.
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 from rich.console import Console
 
-from amapo.builtin import is_builtin, resolve_source
+from amapo.builtin import resolve_source
 from amapo.console import progress_bar
-from amapo.data.chat import read_chat_template
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_model_path, check_number
+from amapo.evaluation.checks import check_model_path
 from amapo.files import write_atomically
-from amapo.onpolicy.prompts import PROMPT_FORMATS, PromptSet, read_prompts
-from amapo.onpolicy.rewards import RewardSpec, check_reward, load_reward
+from amapo.onpolicy.options import MakePairsConfig
+from amapo.onpolicy.prompts import PromptSet, read_prompts
+from amapo.onpolicy.rewards import check_reward, load_reward
 from amapo.onpolicy.sampling import (
-    ENGINES,
-    SamplingSettings,
     VllmJob,
     choose_engine,
     gpu_of_local_rank,
@@ -43,95 +40,8 @@ from amapo.onpolicy.sampling import (
     sample_with_transformers,
     write_sample_shards,
 )
-from amapo.onpolicy.selection import select_pairs
+from amapo.onpolicy.selection import is_valid_text, select_pairs
 from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
-
-REWARD_MODES = ("pointwise", "pairwise")
-
-
-@dataclass
-class MakePairsConfig:
-    model_name_or_path: str = field(
-        metadata={"help": "Policy that answers: a model folder, a Hub id, builtin:tiny-llama."}
-    )
-    prompts: str = field(
-        metadata={
-            "help": "Prompt source, as `amapo train --dataset` takes it (file, folder, Hub id, builtin:reverse): a "
-            "`prompt` column, preference pairs (their prompts), or conversations (`messages`)."
-        }
-    )
-    reward: str = field(
-        metadata={
-            "help": "Reward: a sequence-classification reward model (folder or Hub id), or builtin:reverse (the "
-            "built-in task's true reward)."
-        }
-    )
-    output: str = field(metadata={"help": "Pairs file to write (JSON Lines, read by `amapo train --dataset`)."})
-    prompts_split: str = field(default="train", metadata={"help": "Split of --prompts, sliceable: 'train[:1000]'."})
-    prompt_format: str = field(
-        default="auto",
-        metadata={
-            "help": "auto: prompts keep the form `amapo train` gives them (messages through the chat template, "
-            "strings as plain text); chat: strings become a user message (SimPO's decode.py); plain: as auto."
-        },
-    )
-    max_prompts: int | None = field(default=None, metadata={"help": "Keep the first N prompts (after deduplication)."})
-    num_samples: int = field(default=5, metadata={"help": "Answers sampled per prompt (K >= 2)."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (SimPO's default 0.8)."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass in (0, 1] (SimPO's default 0.95)."})
-    max_new_tokens: int = field(default=1024, metadata={"help": "Tokens per answer."})
-    seed: int = field(default=42, metadata={"help": "Answer j of prompt i samples with a stream seeded (seed, i, j)."})
-    engine: str = field(
-        default="auto", metadata={"help": "auto (vLLM when installed and a GPU is present), transformers, vllm."}
-    )
-    batch_size: int = field(default=32, metadata={"help": "Sequences per generate call (prompts x samples)."})
-    prompts_per_shard: int = field(default=64, metadata={"help": "Prompts per shard: a kill loses at most one."})
-    chat_template: str | None = field(default=None, metadata={"help": "Policy chat template (Jinja text or file)."})
-    reward_mode: str = field(default="pointwise", metadata={"help": "pointwise (one score per answer) or pairwise."})
-    reward_index: str | None = field(
-        default=None,
-        metadata={"help": "Which output of a reward model with several: an index, or 'score' (ArmoRM's .score)."},
-    )
-    reward_chat_template: str | None = field(default=None, metadata={"help": "Reward model chat template override."})
-    pairwise_template: str | None = field(
-        default=None, metadata={"help": "Comparison text for --reward_mode pairwise."}
-    )
-    reward_batch_size: int = field(default=16, metadata={"help": "Answers scored per reward forward."})
-    reward_max_length: int = field(default=4096, metadata={"help": "Tokens per scored text (the start is kept)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the reward model's own code (ArmoRM)."})
-    keep_samples: bool = field(
-        default=False, metadata={"help": "Also write every answer and score (all_generated_responses, all_rm_scores)."}
-    )
-
-    def __post_init__(self) -> None:
-        for option, values in (("prompt_format", PROMPT_FORMATS), ("engine", ENGINES), ("reward_mode", REWARD_MODES)):
-            if getattr(self, option) not in values:
-                raise UserError(f"--{option} must be one of {', '.join(values)}, got {getattr(self, option)!r}")
-        for option in ("max_new_tokens", "batch_size", "prompts_per_shard", "reward_batch_size", "reward_max_length",
-                       "max_prompts"):  # fmt: skip
-            check_number(option, getattr(self, option), ">= 1")
-        if self.num_samples < 2:
-            raise UserError(f"--num_samples must be >= 2 (a pair needs two answers), got {self.num_samples}")
-        check_number("temperature", self.temperature, ">= 0")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise UserError(f"--top_p must be in (0, 1], got {self.top_p}")
-        if not self.output.endswith((".jsonl", ".json")):
-            raise UserError(f"--output {self.output}: give a .jsonl file (the pairs, one JSON object per line)")
-
-    def reward_spec(self) -> RewardSpec:
-        return RewardSpec(
-            source=self.reward if is_builtin(self.reward) else resolve_source(self.reward),
-            mode=self.reward_mode,
-            reward_index=self.reward_index,
-            trust_remote_code=self.trust_remote_code,
-            chat_template=read_chat_template(self.reward_chat_template) if self.reward_chat_template else None,
-            pairwise_template=self.pairwise_template,
-            batch_size=self.reward_batch_size,
-            max_length=self.reward_max_length,
-        )
-
-    def sampling(self) -> SamplingSettings:
-        return SamplingSettings(self.num_samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
 
 @dataclass
@@ -330,7 +240,9 @@ def merge(config: MakePairsConfig, prompts: PromptSet, store: ShardStore, output
     store.remove()
     reasons = ", ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none"
     cut = sum(not f for row in rows for f in row["finished"])
-    reasons += f"; {cut} of {sum(len(r['finished']) for r in rows)} answers cut at --max_new_tokens, never paired"
+    invalid = sum(not is_valid_text(answer) for row in rows for answer in row["samples"])
+    answers = sum(len(r["finished"]) for r in rows)
+    reasons += f"; of {answers} answers, {cut} cut at --max_new_tokens and {invalid} not valid UTF-8, never paired"
     gaps = [p["reward_gap"] for p in pairs]
     gap = f"; reward gap mean {sum(gaps) / len(gaps):.4g}" if gaps else ""
     console.print(

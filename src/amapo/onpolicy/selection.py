@@ -7,6 +7,9 @@ the run's summary so nothing is dropped silently:
 * an empty answer (nothing but whitespace) is never chosen or rejected: ``amapo train`` refuses empty responses;
 * nor is an answer cut at ``--max_new_tokens``: it is not an answer the policy gave, and training would append
   an EOS the policy never wrote (teaching it to stop mid-sentence, or, from the other side, never to stop);
+* nor is an answer that is not valid UTF-8: a byte-level tokenizer lets a model end mid-character, and decoding
+  puts U+FFFD (the replacement character) where the bytes were; such text is not what the policy wrote, and pairs
+  made of it would teach the replacement character;
 * a prompt whose remaining answers all score the same (a tie, including all answers identical) gives no pair;
 * among equal best (or worst) scores the first answer is taken, as ``numpy.argmax`` does.
 
@@ -20,7 +23,13 @@ from collections import Counter
 from typing import Any
 
 DROP_TIED = "all answers scored the same"
-DROP_EMPTY = "fewer than 2 usable answers (non-empty, ended before --max_new_tokens)"
+DROP_EMPTY = "fewer than 2 usable answers (non-empty, valid UTF-8, ended before --max_new_tokens)"
+REPLACEMENT = "\ufffd"  # what decoding writes for bytes that are not UTF-8
+
+
+def is_valid_text(answer: str) -> bool:
+    """Not decoded from invalid UTF-8 (no replacement character)."""
+    return REPLACEMENT not in answer
 
 
 def select_pair(
@@ -29,7 +38,7 @@ def select_pair(
     """The pair row for one prompt, or the reason it gives none (``DROP_*``); ``finished``: which answers ended by
     themselves (default: all)."""
     finished = finished if finished is not None else [True] * len(answers)
-    usable = [i for i, answer in enumerate(answers) if answer.strip() and finished[i]]
+    usable = [i for i, answer in enumerate(answers) if answer.strip() and finished[i] and is_valid_text(answer)]
     if len(usable) < 2:
         return DROP_EMPTY
     best = max(usable, key=lambda i: (scores[i], -i))  # the first of equal best

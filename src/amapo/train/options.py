@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import TYPE_CHECKING, Any
 
+from amapo.data.sources import check_named_set
 from amapo.errors import UserError
 from amapo.loss_options import scan_loss_options
 from amapo.options_json import parse_json_mapping
@@ -254,8 +255,8 @@ class TrainOptionsBase:
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={
-            "help": "Resume from a checkpoint folder, or last (the newest complete checkpoint-* in output_dir); "
-            "refused if it was written with options that change what is trained."
+            "help": "Resume from a checkpoint folder, or last (true means the same: the newest complete checkpoint-* "
+            "in output_dir); refused if it was written with options that change what is trained."
         },
     )
     overwrite_output_dir: bool = field(
@@ -317,8 +318,7 @@ class TrainOptionsBase:
         if self.eval_datasets == ["none"]:
             self.eval_datasets = []
         for entry in self.eval_datasets:
-            if "=" not in entry:
-                raise UserError(f"--eval_datasets entries must be NAME=SOURCE[@SPLIT], got {entry!r}")
+            check_named_set("eval_datasets", entry)
         if self.model_name_or_path is None:
             raise UserError(
                 "no model: pass --model_name_or_path (a Hub id, a local folder, or builtin:tiny-llama) or a recipe "

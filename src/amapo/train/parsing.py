@@ -18,6 +18,7 @@ import difflib
 import sys
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -59,6 +60,8 @@ def load_recipe(name_or_path: str) -> dict:
         path = recipe_path(name_or_path)
     except FileNotFoundError as err:
         raise UserError(f"--config: {err}") from None
+    if path.is_dir():
+        raise UserError(f"--config {name_or_path} is a folder: give a YAML recipe file or a packaged recipe's name")
     try:
         values = yaml.safe_load(path.read_text()) or {}  # safe loader: nothing in a config runs as code
     except yaml.YAMLError as err:
@@ -97,10 +100,81 @@ def recipe_defaults(argv: list[str]) -> tuple[dict, str | None]:
     return {}, None
 
 
-def option_parser(dataclass_type, defaults: dict, **kwargs):
+def one_line_parser(dataclass_type, **kwargs):
+    """transformers' ``HfArgumentParser`` whose errors (a value of the wrong type, a missing one) are a ``UserError``
+    naming the option, not argparse's usage text and exit: the command line prints them as one line."""
     from transformers import HfArgumentParser  # (no torch: about a second)
 
-    parser = HfArgumentParser(dataclass_type, prog="amapo train", allow_abbrev=False, **kwargs)
+    class OneLineParser(HfArgumentParser):
+        def error(self, message: str):
+            raise UserError(f"{message} (see `{self.prog} --help`)")
+
+    return OneLineParser(dataclass_type, allow_abbrev=False, **kwargs)
+
+
+def check_recipe_types(values: dict, dataclass_type, source: str | None) -> None:
+    """Each recipe value has the type of its option (or a string argparse would convert to it): ``beta: "two"``
+    is one line naming the recipe, its line and the key, not argparse's ``argument --beta`` about a flag never
+    given."""
+    import typing
+
+    hints = typing.get_type_hints(dataclass_type)
+    for key, value in values.items():
+        kind = basic_type(hints.get(key))
+        if kind is None or value is None or fits(value, kind):
+            continue
+        where = recipe_line(source, key)
+        raise UserError(f"{where}: {key}: {value!r} is not {KIND_NAMES[kind]}; write e.g. {key}: {EXAMPLES[kind]}")
+
+
+KIND_NAMES = {float: "a number", int: "a whole number", bool: "true or false", str: "a string"}
+EXAMPLES = {float: "2.5", int: "8", bool: "true", str: "a value"}
+
+
+def basic_type(annotation):
+    """float, int, bool or str for an option typed so (``X | None`` included); None for lists, enums, dicts."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    return annotation if annotation in KIND_NAMES else None
+
+
+def fits(value, kind) -> bool:
+    """Whether argparse would take ``value`` for an option of type ``kind`` (strings are converted as flags are)."""
+    if kind is bool:
+        return isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
+    if isinstance(value, list | dict):
+        return False
+    if kind is str:
+        return True
+    if isinstance(value, bool):
+        return False
+    try:
+        kind(str(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def recipe_line(source: str | None, key: str) -> str:
+    """"recipe.yaml:3" for the line that sets ``key`` in the recipe ``source`` ("recipe PATH"), else the source."""
+    path = (source or "").removeprefix("recipe ")
+    try:
+        node = yaml.compose(Path(path).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return source or "recipe"
+    for key_node, _ in getattr(node, "value", []) if isinstance(node, yaml.MappingNode) else []:
+        if key_node.value == key:
+            return f"{path}:{key_node.start_mark.line + 1}"
+    return path
+
+
+def option_parser(dataclass_type, defaults: dict, **kwargs):
+    check_recipe_types(defaults, dataclass_type, kwargs.pop("source", None))
+    parser = one_line_parser(dataclass_type, prog="amapo train", **kwargs)
     parser.add_argument("--config", default=None, help=f"YAML recipe: a path or one of {available_recipes()}.")
     parser.add_argument("--help-all", action="store_true", help="List every option, TrainingArguments' included.")
     parser.set_defaults(**defaults)
@@ -114,7 +188,11 @@ def parse_train_options(argv: list[str], defaults: dict, source: str | None) -> 
     """
     own = {f.name for f in fields(TrainOptions)}
     parser = option_parser(
-        TrainOptions, {k: v for k, v in defaults.items() if k in own}, description=DESCRIPTION, epilog=EPILOG
+        TrainOptions,
+        {k: v for k, v in defaults.items() if k in own},
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        source=source,
     )
     options, *_, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True, look_for_args_file=False
@@ -136,7 +214,7 @@ def parse_full(argv: list[str], defaults: dict, source: str | None) -> TrainConf
     unknown = sorted(set(defaults) - set(names))
     if unknown:
         raise UserError(f"{source}: unknown option(s) {with_hints(unknown, names)} (see `amapo train --help-all`)")
-    parser = option_parser(TrainConfig, defaults, description=DESCRIPTION)
+    parser = option_parser(TrainConfig, defaults, description=DESCRIPTION, source=source)
     if "--help-all" in argv:
         parser.print_help()
         sys.exit(0)

@@ -26,6 +26,7 @@ def check_before_loading(options: TrainOptions) -> None:
     """The output folder can take this run, paths exist, and local JSON/JSONL datasets parse and pass the row
     checks (first error first)."""
     from amapo.data.chat import is_jinja_text
+    from amapo.data.formats import NUMERIC_FIELDS
     from amapo.data.precheck import check_local_dataset
     from amapo.train.run_folder import check_output_dir
 
@@ -46,4 +47,5 @@ def check_before_loading(options: TrainOptions) -> None:
                 column_mapping=options.column_mapping_dict(),
                 role_mapping=options.role_mapping_dict(),
                 drop_invalid=options.drop_invalid_rows,
+                numeric_fields=(*NUMERIC_FIELDS, options.offset_column),
             )

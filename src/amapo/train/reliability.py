@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 import types
 from pathlib import Path
 
@@ -15,17 +16,24 @@ import torch
 from transformers import TrainerCallback
 
 from amapo.distributed import true_on_every_rank
-from amapo.hf_internals import CHECKPOINT_PREFIX
+from amapo.run_files import COMPLETE_MARKER, checkpoint_folders
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "amapo_checkpoint_complete"
 LOSS_STATE_FILE = "loss_state.pt"
 NONFINITE_FILE = "nonfinite_steps.jsonl"
 
 
-class NonFiniteStepError(RuntimeError):
+class TrainingFailed(RuntimeError):
+    """A run that cannot give a trained model (the command line: one line, exit 1, no final model written)."""
+
+
+class NonFiniteStepError(TrainingFailed):
     """Raised when too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class NoStepTaken(TrainingFailed):
+    """Raised when every optimizer step of a run was skipped: the weights are the initial ones."""
 
 
 class NonFiniteGuard:
@@ -42,15 +50,32 @@ class NonFiniteGuard:
         self.log_file = Path(log_file)
         self.consecutive = 0
         self.skipped = 0
+        self.attempted = 0  # optimizer steps of this run (this session, if resumed): taken or skipped
         self._rows: list[int] = []
+        self._causes: dict[str, list[int]] = {}  # non-finite input or loss term -> the dataset rows it was in
         self._nonfinite_loss = False
         self.tripped = False
 
-    def note_batch(self, loss: torch.Tensor, rows: torch.Tensor | None) -> None:
-        if rows is not None:
-            self._rows.extend(int(r) for r in rows.flatten().tolist())
-        if not torch.isfinite(loss.detach()).all():
-            self._nonfinite_loss = True
+    def note_batch(
+        self, loss: torch.Tensor, rows: torch.Tensor | None, terms: dict[str, torch.Tensor | None] | None = None
+    ) -> None:
+        """One micro-batch of the step: its loss, its dataset rows, and its per-pair inputs and loss terms
+        (``terms``, named), so that a skipped step can say which of them was not finite, and in which rows."""
+        batch_rows = [] if rows is None else [int(r) for r in rows.flatten().tolist()]
+        self._rows.extend(batch_rows)
+        if torch.isfinite(loss.detach()).all():
+            return
+        self._nonfinite_loss = True
+        named = False
+        for name, values in (terms or {}).items():
+            if values is None:
+                continue
+            bad = (~torch.isfinite(values.detach())).reshape(len(values), -1).any(-1).nonzero().flatten().tolist()
+            if bad:
+                named = True
+                self._causes.setdefault(name, []).extend(batch_rows[i] if i < len(batch_rows) else i for i in bad)
+        if not named:  # every per-pair term finite, their mean not: the loss as a whole
+            self._causes.setdefault("loss", []).extend(batch_rows)
 
     def wrap(self, optimizer: torch.optim.Optimizer, step_number) -> None:
         """Route ``optimizer.step`` through the check; ``step_number()`` gives the step being taken."""
@@ -59,12 +84,13 @@ class NonFiniteGuard:
         def guarded_step(_optimizer, *args, **kwargs):
             # every rank must agree to step or to skip: a sharded optimizer sees only its rank's gradients
             finite = true_on_every_rank(not self._nonfinite_loss and gradients_are_finite(optimizer))
-            rows, self._rows, self._nonfinite_loss = self._rows, [], False
+            rows, causes = self._rows, self._causes
+            self._rows, self._causes, self._nonfinite_loss = [], {}, False
             if finite:
                 self.consecutive = 0
                 return original_step(*args, **kwargs)
             optimizer.zero_grad(set_to_none=True)
-            self.record(step_number(), rows)
+            self.record(step_number(), rows, causes)
             return None
 
         # a bound method, as torch's LR schedulers expect when they wrap ``step`` (they re-bind its ``__func__``)
@@ -73,18 +99,41 @@ class NonFiniteGuard:
     def skipped_by_engine(self, step: int) -> None:
         """The engine (DeepSpeed) found the step's gradients non-finite and skipped it before the optimizer, and so
         this guard's wrap, saw them: record it as the guard's own skip."""
-        rows, self._rows, self._nonfinite_loss = self._rows, [], False
-        self.record(step, rows)
+        rows, causes = self._rows, self._causes
+        self._rows, self._causes, self._nonfinite_loss = [], {}, False
+        self.record(step, rows, causes)
 
-    def record(self, step: int, rows: list[int]) -> None:
+    def record(self, step: int, rows: list[int], causes: dict[str, list[int]] | None = None) -> None:
+        """A skipped step: one line of its own on stderr (what was not finite, in which rows) and one in the log."""
         self.consecutive += 1
         self.skipped += 1
-        logger.warning("step %d: non-finite loss or gradient, step skipped (dataset rows %s)", step, rows)
+        what = "; ".join(f"{name} in dataset rows {sorted(set(where))}" for name, where in (causes or {}).items())
+        what = what or f"gradient (dataset rows {rows})"
+        message = f"step {step} skipped, the weights not updated: non-finite {what}"
+        if self.limit:
+            message += f" ({self.consecutive} in a row; the run stops at {self.limit})"
+        say(message)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("a") as f:
-            f.write(json.dumps({"step": step, "rows": rows, "consecutive": self.consecutive}) + "\n")
+            record = {"step": step, "rows": rows, "consecutive": self.consecutive, "non_finite": causes or {}}
+            f.write(json.dumps(record) + "\n")
         if self.limit and self.consecutive >= self.limit:
             self.tripped = True
+
+    def check_some_step_taken(self) -> None:
+        """A run whose every optimizer step was skipped trained nothing: an error, before a model is saved."""
+        if self.attempted and self.skipped >= self.attempted:
+            raise NoStepTaken(
+                f"every one of the {self.attempted} optimizer steps had a non-finite loss or gradient and was "
+                f"skipped (rows in {self.log_file}): the weights are the initial ones, no model was saved"
+            )
+
+
+def say(message: str) -> None:
+    """One line of its own on stderr, above any progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"amapo: {message}", file=sys.stderr)
 
 
 def gradients_are_finite(optimizer: torch.optim.Optimizer) -> bool:
@@ -119,6 +168,7 @@ class NonFiniteStopCallback(TrainerCallback):
         self.guard = guard
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.guard.attempted += 1
         if self.guard.tripped:
             control.should_training_stop = True
             control.should_save = False  # the last good checkpoint stays the last checkpoint
@@ -180,16 +230,6 @@ def mark_checkpoint_complete(folder: Path, loss_fn: torch.nn.Module) -> None:
     if loss_fn.state_dict():
         torch.save(loss_fn.state_dict(), folder / LOSS_STATE_FILE)
     (folder / COMPLETE_MARKER).write_text("ok\n")
-
-
-def checkpoint_folders(output_dir: Path) -> list[tuple[int, Path, bool]]:
-    """(step, folder, complete) of every ``checkpoint-N`` in ``output_dir``, by step."""
-    found = []
-    for folder in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}-*"):
-        number = folder.name.removeprefix(f"{CHECKPOINT_PREFIX}-")
-        if folder.is_dir() and number.isdigit():
-            found.append((int(number), folder, (folder / COMPLETE_MARKER).exists()))
-    return sorted(found)
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:

@@ -124,9 +124,12 @@ def print_summary(config: TrainConfig, result: TrainResult, console: Console | N
     table = Table(title=f"amapo train: {config.method} on {config.dataset}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("train_loss", "train_runtime", "train_samples_per_second"):
+    resumed = "train_loss_since_resume" in result.train_metrics
+    labels = {"train_loss": "train_loss (whole run)" if resumed else "train_loss",
+              "train_runtime": "train_runtime (this session)" if resumed else "train_runtime"}  # fmt: skip
+    for key in ("train_loss", "train_loss_since_resume", "train_runtime", "train_samples_per_second"):
         if key in result.train_metrics:
-            table.add_row(key, f"{result.train_metrics[key]:.4g}")
+            table.add_row(labels.get(key, key), f"{result.train_metrics[key]:.4g}")
     table.add_row("output", str(result.output_dir))
     print_table(table, console)
     rows = accuracy_rows(result)

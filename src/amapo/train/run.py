@@ -15,6 +15,7 @@ from transformers.trainer_callback import ProgressCallback
 from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
 from amapo.data.collator import device_batches, row_length
+from amapo.data.formats import NUMERIC_FIELDS
 from amapo.data.invalid import describe
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
@@ -50,7 +51,12 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, signum: int, checkpoint: Path | None) -> None:
         self.signum, self.checkpoint = signum, checkpoint
-        super().__init__(f"interrupted: checkpoint saved at {checkpoint}; resume with --resume_from_checkpoint last")
+        if checkpoint is None:  # (save_strategy no, or a stop before the first save)
+            super().__init__("interrupted before any checkpoint was saved: nothing to resume; start the run again")
+        else:
+            super().__init__(
+                f"interrupted: checkpoint saved at {checkpoint}; resume with --resume_from_checkpoint last"
+            )
 
 
 def disable_dropout(model) -> None:
@@ -101,6 +107,7 @@ def prepare_split(
         drop_invalid=config.drop_invalid_rows,
         dropped=dropped,
         role_mapping=config.role_mapping_dict(),
+        numeric_fields=numeric_fields(config),
     )
     if needs_offsets:
         if config.offset_column not in dataset.column_names:
@@ -135,6 +142,11 @@ def prepare_split(
         },
         with_indices=True,
     )
+
+
+def numeric_fields(options) -> tuple[str, ...]:
+    """The columns whose values a loss reads as numbers: reference log-probs, the offset (``--offset_column``)."""
+    return tuple(dict.fromkeys((*NUMERIC_FIELDS, options.offset_column)))
 
 
 def shuffled(dataset, seed: int | None):
@@ -195,6 +207,15 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
             )
     check_resumable(checkpoint, config, warn=config.process_index == 0)
     return str(checkpoint)
+
+
+def whole_run_loss(trainer: PreferenceTrainer, checkpoint: str | None, session_loss: float | None) -> dict:
+    """``train_loss`` of the whole run (the Trainer's covers only this session's steps after a resume), and, after
+    a resume, the Trainer's own as ``train_loss_since_resume``."""
+    loss = trainer.run_loss.mean(trainer.accelerator, trainer.steps_taken())
+    if loss is None:
+        return {}
+    return {"train_loss": loss} | ({"train_loss_since_resume": session_loss} if checkpoint is not None else {})
 
 
 def check_kernels(config: TrainConfig, model_config) -> None:
@@ -310,6 +331,7 @@ def train_in_folder(
     checkpoint_state = CheckpointStateCallback(trainer.loss_fn)
     trainer.add_callback(checkpoint_state)
     checkpoint_state.restore(checkpoint)
+    trainer.run_loss.load(checkpoint)
     if trainer.is_deepspeed_enabled:  # DeepSpeed skips non-finite steps itself, before the guard's wrap
         trainer.add_callback(EngineSkipCallback(guard, engine=lambda: trainer.model_wrapped))
     trainer.add_callback(NonFiniteStopCallback(guard))
@@ -332,9 +354,10 @@ def train_in_folder(
             f"{output_dir / NONFINITE_FILE}); stopped without saving a final model. Last good checkpoint: "
             f"{last_complete_checkpoint(output_dir)}"
         )
+    guard.check_some_step_taken()
     eval_after = trainer.evaluate() if eval_datasets else {}
-
     metrics = {**train_output.metrics, "global_step": train_output.global_step}
+    metrics |= whole_run_loss(trainer, checkpoint, train_output.metrics.get("train_loss"))
     result = TrainResult(output_dir, metrics, eval_before, eval_after)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():

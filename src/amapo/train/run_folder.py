@@ -24,7 +24,7 @@ import yaml
 
 from amapo.errors import UserError
 from amapo.hf_internals import CHECKPOINT_PREFIX
-from amapo.run_files import CONFIG_FILE
+from amapo.run_files import CONFIG_FILE, checkpoint_folders
 from amapo.train.report import resolved_config
 
 if TYPE_CHECKING:
@@ -330,8 +330,15 @@ def check_output_dir(output_dir: Path, overwrite: bool, resume: str | None) -> N
             f"--overwrite_output_dir true starts the run over and --resume_from_checkpoint {resume} continues it: "
             "give one of them"
         )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file, not a folder: choose another --output_dir (the file "
+                        "is left as it is)")  # fmt: skip
     if resume is None and not overwrite and holds_a_run(output_dir):
+        ways = ["choose another --output_dir"]
+        if any(complete for *_, complete in checkpoint_folders(output_dir)):  # only a hint that works in this state
+            ways.append("resume it with --resume_from_checkpoint last")
+        finished = (output_dir / "results.json").is_file()
         raise UserError(
-            f"{output_dir} already holds a run: choose another --output_dir, resume it with "
-            "--resume_from_checkpoint last, or pass --overwrite_output_dir true"
+            f"{output_dir} already holds a {'finished ' if finished else ''}run: {', '.join(ways)}, or pass "
+            "--overwrite_output_dir true"
         )

@@ -8,6 +8,7 @@ what it needs (``needs_reference``, ``needs_offsets``); the step never asks whic
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -92,6 +93,14 @@ class PreferenceTrainer(Trainer):
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": MetricStore(), "eval": MetricStore()}
+        self.run_loss = RunLoss(self.args.device)
+
+    def steps_taken(self) -> int:
+        """Optimizer steps taken in this session (skipped non-finite ones not counted)."""
+        guard = self.nonfinite_guard
+        if guard is None:  # (no guard: every step counts; a run without one is not resumed)
+            return self.state.global_step
+        return guard.attempted - guard.skipped
 
     def create_optimizer(self, *args, **kwargs):  # transformers 5.0 takes no argument, 5.24 the model
         optimizer = super().create_optimizer(*args, **kwargs)
@@ -126,8 +135,9 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out, metrics = self.preference_step(model, inputs)
-        if model.training and self.nonfinite_guard is not None:
-            self.nonfinite_guard.note_batch(out.loss, inputs.get("row_index"))
+        if model.training:
+            self.run_loss.add(out.loss, getattr(self, "current_gradient_accumulation_steps", None)
+                              or self.args.gradient_accumulation_steps)  # fmt: skip
         mode = "train" if model.training else "eval"
         self._metrics[mode].add(metrics, weight=out.losses.shape[0])
         return (out.loss, out) if return_outputs else out.loss
@@ -153,6 +163,11 @@ class PreferenceTrainer(Trainer):
         if self.step_statistics is not None:
             self.step_statistics.active = model.training
         out = self.loss_fn(x)
+        if model.training and self.nonfinite_guard is not None:  # which input or term was not finite, if any
+            terms = {"chosen_logps": x.chosen_logps, "rejected_logps": x.rejected_logps,
+                     "ref_chosen_logps": x.ref_chosen_logps, "ref_rejected_logps": x.ref_rejected_logps,
+                     "offset": x.offsets, "margin": out.margins, "loss": out.losses}  # fmt: skip
+            self.nonfinite_guard.note_batch(out.loss, inputs.get("row_index"), terms)
         metrics = out.metrics()
         metrics.update(
             {
@@ -196,10 +211,13 @@ class PreferenceTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        run_loss_total = self.run_loss.averaged(self.accelerator)  # (a collective: every rank, before the marker)
         self.accelerator.wait_for_everyone()  # every rank's part written (DeepSpeed, FSDP) before the marker
         if self.args.should_save:
             folder = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}-{self.state.global_step}"
             write_resolved_config(self.args, folder)  # a resume checks its options against this run's
+            steps_taken = self.run_loss.restored_steps + self.steps_taken()
+            self.run_loss.save(folder, run_loss_total, steps_taken)
             mark_checkpoint_complete(folder, self.loss_fn)
             rotate_checkpoints(folder.parent, limit, newest=folder, keep=self.state.best_model_checkpoint)
 
@@ -222,6 +240,44 @@ class PreferenceTrainer(Trainer):
             drained = self._metrics["train"].drain(self.accelerator)
             logs.update({k: v for k, v in drained.items() if k not in logs})  # keep the Trainer's GA-aware loss
         super().log(logs, start_time)
+
+
+class RunLoss:
+    """The training loss of the whole run, as the Trainer's ``train_loss`` defines it (the mean over optimizer steps
+    of each step's loss, a step's loss the sum of its micro-batches' loss / accumulation steps), carried through
+    checkpoints so that a resumed run reports the whole run, not only the part after the resume. Non-finite
+    micro-batches (skipped steps) are left out. A device tensor until read: no sync per step."""
+
+    FILE = "run_loss.json"
+
+    def __init__(self, device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.restored_steps = 0  # optimizer steps before the resume
+
+    def add(self, loss: torch.Tensor, accumulation_steps: int) -> None:
+        value = loss.detach().to(self.total.dtype) / accumulation_steps
+        self.total += torch.where(torch.isfinite(value), value, torch.zeros_like(value))
+
+    def averaged(self, accelerator) -> float:
+        """The sum so far, averaged over the data-parallel ranks (every rank must call it)."""
+        if accelerator.num_processes > 1:
+            return float(accelerator.reduce(self.total.clone(), reduction="mean"))
+        return float(self.total)
+
+    def mean(self, accelerator, steps_this_session: int) -> float | None:
+        steps = self.restored_steps + steps_this_session
+        return self.averaged(accelerator) / steps if steps else None
+
+    def save(self, folder: Path, total: float, steps: int) -> None:
+        (Path(folder) / self.FILE).write_text(json.dumps({"total": total, "steps": steps}) + "\n")
+
+    def load(self, checkpoint: str | Path | None) -> None:
+        """Continue the run of ``checkpoint``: its (rank-averaged) sum and step count."""
+        path = Path(checkpoint) / self.FILE if checkpoint else None
+        if path is not None and path.is_file():
+            state = json.loads(path.read_text())
+            self.total.fill_(state["total"])
+            self.restored_steps = int(state["steps"])
 
 
 class RowIndexCollator:
