@@ -23,6 +23,9 @@ installs what is missing, then runs this):
 4. Layouts: ``packed`` with an attention that reads sequence boundaries from position ids (flash-attention 2 if
    it imports, else sdpa) against ``padded``: per-step losses, final weights, samples/s.
 5. The default ``amapo train`` (the built-in recipe) on CUDA: exit status, wall time, accuracies.
+6. Sampling (``benchmarks/make_pairs.py`` at its small shape, bf16): make-pairs' vectorized sampler against plain
+   batched ``generate(do_sample=True)`` and the per-row sampler it replaced (issue 28).
+7. amapo's GPU options one by one (issue 26), in whatever time the part has left.
 
 **Time.** Every step has a time box; a step that overruns is stopped (its whole process group) and reported as
 such, and the steps after it still run. The part as a whole ends by ``--deadline`` seconds (``gpu_check.sh`` passes
@@ -35,7 +38,8 @@ H200 (bf16 weights, gradients and AdamW states: 64 GB) but take minutes per work
 
 **Files.** Each part writes at most 8 files to OUT: ``gpu_check.json`` (every number), ``gpu_check.md`` (the
 tables), ``gpu_check.log`` (each command, and the tail of a failed or stopped one's output); part 1 adds
-``preference_step.json`` / ``.md`` and ``gpu_profile.json`` / ``.md``; part 2 adds ``default_train.log``. Models,
+``preference_step.json`` / ``.md`` and ``gpu_profile.json`` / ``.md``; part 2 adds ``default_train.log``,
+``make_pairs.json`` and ``options.json`` / ``.md``. Models,
 data and run folders go to ``--workdir`` (default a temp folder).
 
 ``toy`` runs the same steps at toy size (vocabulary 311, hidden 32), on a CPU too: the test suite does, so that a GPU
@@ -83,7 +87,8 @@ SIZES = {
         # seconds: the whole part, and each step's box (a step gets at most what is left)
         "deadline": 345,
         "boxes": {"benchmark": 285, "profile": 60, "engines": 130, "layouts": 75, "default_train": 75,
-                  "options": 345},
+                  "sampling": 50, "options": 345},
+        "sampling": ["--num_prompts", "64", "--max_new_tokens", "64", "--rounds", "3"],
     },
     "toy": {
         "model": ["--vocab", "311", "--batch", "4", "--threads", "1", "--hidden_size", "32", "--num_layers", "2",
@@ -99,10 +104,12 @@ SIZES = {
         "default_train": ["--max_steps", "3", "--eval_datasets", "none"],
         "deadline": 900,
         "boxes": {"benchmark": 300, "profile": 120, "engines": 300, "layouts": 150, "default_train": 150,
-                  "options": 300},
+                  "sampling": 120, "options": 300},
+        "sampling": ["--vocab", "311", "--num_prompts", "4", "--num_samples", "2", "--max_new_tokens", "8",
+                     "--prompt_words", "6", "--batch_size", "8", "--rounds", "1"],
     },
 }  # fmt: skip
-PARTS = {1: ("benchmark", "profile"), 2: ("engines", "layouts", "default_train", "options")}
+PARTS = {1: ("benchmark", "profile"), 2: ("engines", "layouts", "default_train", "sampling", "options")}
 STEPS, BATCH = 5, 8
 MIN_BOX = 15  # seconds: a step with less time left than this is not started
 
@@ -193,6 +200,18 @@ class Check:
             )
             entry["liger"] = report.get("liger")
         self.report["steps"][step] = entry
+
+    def sampling(self) -> None:
+        """Issue 28: ``amapo make-pairs``'s sampler against plain batched ``generate(do_sample=True)`` and the
+        per-row sampler it replaced, at the small benchmark shape (``benchmarks/make_pairs.py``)."""
+        out = self.out / "make_pairs.json"
+        command = [sys.executable, str(HERE / "make_pairs.py"), *self.size["sampling"], "--sampling_only",
+                   "--device", self.device, "--out", str(out)]  # fmt: skip
+        entry = self.run(command, "sampling", timeout=self.box("sampling"))
+        entry["ok"] = entry["ok"] and out.exists()
+        if out.exists():
+            entry["tokens_per_s"] = json.loads(out.read_text())["sampling_tokens_per_s"]
+        self.report["steps"]["sampling"] = entry
 
     def options(self) -> None:
         """Issue 26: amapo's GPU options one by one (and with compile) at 1-2k words, in what part 2 leaves."""
@@ -396,6 +415,13 @@ def markdown(report: dict, out: Path) -> str:
         title = f"## Layouts: packed vs padded, attention {layouts['attention']}"
         speed = lambda run: fmt(run.get("train_samples_per_second"))  # noqa: E731
         lines += comparison_table(title, "layout", "samples/s", "padded", layouts["runs"], speed)
+    sampling = report["steps"].get("sampling")
+    if sampling and sampling.get("tokens_per_s"):
+        rates = sampling["tokens_per_s"]
+        lines += ["## Sampling (benchmarks/make_pairs.py): generated tokens/s", "",
+                  "| method | tokens/s | vs hf-batched |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {rate:.0f} | {rate / rates['hf-batched']:.2f}x |" for name, rate in rates.items()]
+        lines.append("")
     default = report["steps"].get("default_train")
     if default and not default.get("not_run"):
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in default.get("accuracy_after", {}).items()) or "-"

@@ -292,7 +292,15 @@ def test_other_settings_never_continue_a_file(model_dir, tmp_path, capsys, no_mo
     from amapo.generation.settings import template_hash
 
     settings["chat_template_sha256"] = template_hash(AutoTokenizer.from_pretrained(model_dir).chat_template)
-    output.with_name("model_outputs.json.settings.json").write_text(json.dumps(settings))
+    sidecar = output.with_name("model_outputs.json.settings.json")
+    sidecar.write_text(json.dumps(settings))  # answers drawn before issue 28 (no sampler recorded)
+    assert generate(model_dir, questions, "--output", str(output), "--max_new_tokens", "6") == 2
+    assert error_line(capsys) == (
+        f"{output} holds 1 answers made with other settings (model_outputs.json.settings.json): how tokens are drawn "
+        "(amapo.seeds.SAMPLER): counter-v1 now, one torch generator per question (before issue 28) for them. To "
+        f"continue it, rerun with the recorded settings; or give another --output, or delete {output} to start over"
+    )
+    sidecar.write_text(json.dumps({**settings, "sampler": "counter-v1"}))
     assert generate(model_dir, questions, "--output", str(output), "--temperature", "0.5", "--seed", "3") == 2
     assert error_line(capsys) == (
         f"{output} holds 1 answers made with other settings (model_outputs.json.settings.json): --temperature: 0.5 "
@@ -418,7 +426,7 @@ def test_a_prompts_sample_does_not_depend_on_its_batch(model_dir):
     def sample(rows: list[int], top_p: float) -> list[str]:
         return generation_module.generate_texts(
             model, tokenizer, [texts[i] for i in rows], templated=False, max_new_tokens=12, top_p=top_p,
-            generators=generation_module.row_generators([100 + i for i in rows], "cpu"), temperatures=[1.0] * len(rows),
+            seeds=[100 + i for i in rows], temperatures=[1.0] * len(rows),
         )  # fmt: skip
 
     for top_p in (1.0, 0.8):

@@ -68,7 +68,8 @@ def test_part_2_runs_the_engines_the_layouts_and_the_default_train_at_toy_size(t
     result = run_part(2, out, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["default_train.log", "gpu_check.json", "gpu_check.log",
-                                                     "gpu_check.md", "options.json", "options.md"]  # fmt: skip
+                                                     "gpu_check.md", "make_pairs.json", "options.json",
+                                                     "options.md"]  # fmt: skip
 
     report = json.loads((out / "gpu_check.json").read_text())
     engines = report["steps"]["engines"]["runs"]
@@ -84,6 +85,8 @@ def test_part_2_runs_the_engines_the_layouts_and_the_default_train_at_toy_size(t
     default = report["steps"]["default_train"]
     assert default["ok"] and default["train"]["train_loss"] > 0
 
+    rates = report["steps"]["sampling"]["tokens_per_s"]  # issue 28: the samplers side by side
+    assert set(rates) == {"amapo", "amapo-per-row", "hf-batched", "hf-loop"} and min(rates.values()) > 0
     options = report["steps"]["options"]["summary"]["vocab 311, 24-48 words"]  # issue 26's options, one by one
     assert set(options) == {"amapo-amapo", "amapo-amapo+compiled-head"}  # flex: FlexAttention's backward needs a GPU
     assert options["amapo-amapo+compiled-head"]["step1_loss"] == pytest.approx(options["amapo-amapo"]["step1_loss"],

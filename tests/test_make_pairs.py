@@ -189,6 +189,13 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert main(make_pairs_args(output, "--seed", "7")) == 2
     line = error_line(capsys)
     assert line.startswith(f"{output} belongs to a run with other settings (seed: 7 now, 42 then)")
+    # a run sampled before issue 28 (its settings name no sampler) is not continued with the new draws
+    settings = output.with_name("pairs.jsonl.settings.json")
+    recorded = json.loads(settings.read_text())
+    assert recorded.pop("sampler") == "counter-v1"
+    settings.write_text(json.dumps(recorded))
+    assert main(make_pairs_args(output)) == 2
+    assert "(sampler: 'counter-v1' now, None then)" in error_line(capsys)
 
 
 def test_two_processes_give_the_file_of_one(tmp_path):

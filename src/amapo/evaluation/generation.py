@@ -1,9 +1,12 @@
-"""Export sampled answers for external judges: AlpacaEval's model-outputs format (``amapo eval --generate``)."""
+"""Export sampled answers for external judges: AlpacaEval's model-outputs format (``amapo eval --generate``), in the
+rows and the writer ``amapo generate`` uses."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from amapo.generation.answers import write_json_list
+from amapo.generation.formats import alpaca_eval_row
 
 
 def prompt_text(prompt) -> str:
@@ -15,10 +18,6 @@ def prompt_text(prompt) -> str:
 
 
 def write_alpacaeval(path: Path, prompts: list, outputs: list[str], generator: str, dataset: str) -> None:
-    """AlpacaEval's model-outputs file: a JSON list of {instruction, output, generator, dataset}."""
-    rows = [
-        {"instruction": prompt_text(p), "output": o, "generator": generator, "dataset": dataset}
-        for p, o in zip(prompts, outputs, strict=True)
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False))
+    """AlpacaEval's model-outputs file: a JSON list of {dataset, instruction, output, generator}."""
+    rows = [alpaca_eval_row(prompt_text(p), o, generator, dataset) for p, o in zip(prompts, outputs, strict=True)]
+    write_json_list(path, rows)

@@ -82,7 +82,7 @@ class AnswerFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.is_list:
             self.rows = self.rows + rows
-            write_atomically(self.path, json.dumps(self.rows, indent=2, ensure_ascii=False) + "\n")
+            write_json_list(self.path, self.rows)
         else:
             if self.complete_bytes is not None:
                 with open(self.path, "r+b") as f:
@@ -95,3 +95,10 @@ class AnswerFile:
                 f.flush()
                 os.fsync(f.fileno())
         self.keys.update(row[self.schema.key_field] for row in rows)
+
+
+def write_json_list(path: Path, rows: list[dict]) -> None:
+    """A JSON list answer file (AlpacaEval's model outputs), written whole: ``amapo generate`` and
+    ``amapo eval --generate`` both write theirs here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")

@@ -65,13 +65,18 @@ def style_metadata(answer: str, count_tokens: Callable[[str], int]) -> dict:
     return {"token_len": count_tokens(answer), **markdown_counts(answer)}
 
 
+def alpaca_eval_row(instruction: str, output: str, generator: str, dataset: str | None = None) -> dict:
+    """One AlpacaEval model output: ``dataset`` (when known), ``instruction``, ``output``, ``generator``."""
+    row = {} if dataset is None else {"dataset": dataset}
+    return {**row, "instruction": instruction, "output": output, "generator": generator}
+
+
 def answer_row(
     schema: str, question: Question, answers: list[str], model_id: str, count_tokens: Callable[[str], int]
 ) -> dict:
     """The answer row of ``question`` (``answers``: one per turn) in the format of ``schema``."""
     if schema == "alpaca-eval":
-        dataset = {"dataset": question.row["dataset"]} if "dataset" in question.row else {}
-        return {**dataset, "instruction": question.key, "output": answers[0], "generator": model_id}
+        return alpaca_eval_row(question.key, answers[0], model_id, question.row.get("dataset"))
     if schema == "mt-bench":
         return {
             "question_id": question.key,

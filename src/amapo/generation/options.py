@@ -11,6 +11,7 @@ from amapo.data.chat import is_jinja_text
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_number
 from amapo.generation.questions import BENCHMARKS
+from amapo.onpolicy.sampling import DECODINGS
 
 
 @dataclass
@@ -83,6 +84,13 @@ class GenerateConfig:
     max_questions: int | None = field(
         default=None, metadata={"help": "Answer only the first N questions of the file (a trial run)."}
     )
+    decoding: str = field(
+        default="auto",
+        metadata={
+            "help": "KV cache: static (a static cache, the forward compiled on a GPU: seconds of start-up, then "
+            "faster steps), dynamic, or auto (static on a GPU, dynamic on a CPU)."
+        },
+    )
     chat_template: str | None = field(
         default=None,
         metadata={
@@ -93,6 +101,8 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
+        if self.decoding not in DECODINGS:
+            raise UserError(f"--decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
         if self.benchmark is not None and self.benchmark not in BENCHMARKS:
             raise UserError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {self.benchmark!r}")
         for option in ("max_new_tokens", "batch_size", "max_questions"):

@@ -13,6 +13,7 @@ from jinja2 import TemplateError
 from amapo.errors import UserError
 from amapo.generation.questions import Question, QuestionSet
 from amapo.generation.settings import Sampling
+from amapo.seeds import stream_seed
 
 PLACEHOLDER_ANSWER = "(the model's answer)"  # renders later turns before any answer exists, to check the template
 
@@ -42,14 +43,13 @@ def check_prompts(tokenizer, questions: QuestionSet) -> list[int]:
     return lengths
 
 
-def answer_batch(model, tokenizer, batch: list[Question], sampling: Sampling, stop_ids: list[int]) -> list[list[str]]:
+def answer_batch(
+    model, tokenizer, batch: list[Question], sampling: Sampling, stop_ids: list[int], decoding: str = "auto"
+) -> list[list[str]]:
     """Every turn of every question of ``batch``: turn t of all questions together, each turn asked after the
     conversation so far (user 1, the model's answer 1, user 2, ...) through the chat template, as FastChat's
-    gen_model_answer.py asks MT-Bench's second turn. A question keeps one random stream over its turns."""
-    from amapo.model.generate import row_generators
-
-    device = next(model.parameters()).device
-    generators = row_generators([sampling.seed_of(q) for q in batch], device)
+    gen_model_answer.py asks MT-Bench's second turn. Turn t of a question samples with its own seed
+    (``stream_seed``: the question's seed and t), whatever else is in the batch."""
     temperatures = [sampling.temperature_of(q) for q in batch]
     conversations: list[list[dict]] = [[] for _ in batch]
     answers: list[list[str]] = [[] for _ in batch]
@@ -61,7 +61,8 @@ def answer_batch(model, tokenizer, batch: list[Question], sampling: Sampling, st
             model,
             tokenizer,
             [render(tokenizer, conversations[i]) for i in active],
-            generators=[generators[i] for i in active],
+            seeds=[stream_seed("amapo-generate", sampling.seed_of(batch[i]), turn) for i in active],
+            decoding=decoding,
             temperatures=[temperatures[i] for i in active],
             max_new_tokens=sampling.max_new_tokens,
             top_p=sampling.top_p,

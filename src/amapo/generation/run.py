@@ -37,6 +37,7 @@ from amapo.generation.settings import (
     template_hash,
     write_settings,
 )
+from amapo.seeds import SAMPLER
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def recorded_settings(
         "top_p": sampling.top_p,
         "max_new_tokens": sampling.max_new_tokens,
         "seed": sampling.seed,
+        "sampler": SAMPLER,
     }
     if sampling.temperature is None:
         settings["temperature_by_category"] = {**MT_BENCH_TEMPERATURES, "(other)": MT_BENCH_OTHER_TEMPERATURE}
@@ -260,7 +262,7 @@ def answer_all(plan: Plan, config: GenerateConfig, console: Console) -> None:
         task = progress.add_task(f"{schema.title} answers", total=len(plan.todo))
         for start in range(0, len(plan.todo), config.batch_size):
             batch = plan.todo[start : start + config.batch_size]
-            replies = answer_batch(model, tokenizer, batch, plan.sampling, stop_ids)
+            replies = answer_batch(model, tokenizer, batch, plan.sampling, stop_ids, config.decoding)
             rows = [
                 answer_row(schema.name, q, r, plan.model_id, count_tokens) for q, r in zip(batch, replies, strict=True)
             ]

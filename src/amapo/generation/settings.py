@@ -57,7 +57,9 @@ CHECKED = {
     "top_p": "--top_p",
     "max_new_tokens": "--max_new_tokens",
     "seed": "--seed",
+    "sampler": "how tokens are drawn (amapo.seeds.SAMPLER)",
 }
+BEFORE_SAMPLER = "one torch generator per question (before issue 28)"  # what a settings file without one means
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ def check_continuable(output: Path, answers: int, recorded: dict | None, current
     differing = [key for key in CHECKED if recorded.get(key) != current.get(key)]
     if differing:
         changes = "; ".join(
-            f"{CHECKED[key]}: {show(current.get(key))} now, {show(recorded.get(key))} for them" for key in differing
+            f"{CHECKED[key]}: {show(current.get(key), key)} now, {show(recorded.get(key), key)} for them"
+            for key in differing
         )
         raise UserError(
             f"{output} holds {answers} answers made with other settings ({sidecar.name}): {changes}. To continue "
@@ -133,9 +136,9 @@ def check_continuable(output: Path, answers: int, recorded: dict | None, current
         )
 
 
-def show(value: Any) -> str:
+def show(value: Any, key: str = "") -> str:
     if value is None:
-        return "none (the benchmark's default)"
+        return BEFORE_SAMPLER if key == "sampler" else "none (the benchmark's default)"
     if isinstance(value, str) and len(value) == 64:  # a hash
         return value[:12]
     return str(value)

@@ -11,7 +11,7 @@ from amapo.builtin import is_builtin, resolve_source
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_number
 from amapo.onpolicy.prompts import PROMPT_FORMATS
-from amapo.onpolicy.sampling import ENGINES
+from amapo.onpolicy.sampling import DECODINGS, ENGINES
 
 if TYPE_CHECKING:
     from amapo.onpolicy.rewards import RewardSpec
@@ -56,6 +56,13 @@ class MakePairsConfig:
         default="auto", metadata={"help": "auto (vLLM when installed and a GPU is present), transformers, vllm."}
     )
     batch_size: int = field(default=32, metadata={"help": "Sequences per generate call (prompts x samples)."})
+    decoding: str = field(
+        default="auto",
+        metadata={
+            "help": "KV cache of the transformers sampler: static (a static cache, the forward compiled on a GPU: "
+            "seconds of start-up, then faster steps), dynamic, or auto (static on a GPU, dynamic on a CPU)."
+        },
+    )
     prompts_per_shard: int = field(default=64, metadata={"help": "Prompts per shard: a kill loses at most one."})
     chat_template: str | None = field(default=None, metadata={"help": "Policy chat template (Jinja text or file)."})
     reward_mode: str = field(default="pointwise", metadata={"help": "pointwise (one score per answer) or pairwise."})
@@ -75,7 +82,9 @@ class MakePairsConfig:
     )
 
     def __post_init__(self) -> None:
-        for option, values in (("prompt_format", PROMPT_FORMATS), ("engine", ENGINES), ("reward_mode", REWARD_MODES)):
+        choices = (("prompt_format", PROMPT_FORMATS), ("engine", ENGINES), ("reward_mode", REWARD_MODES),
+                   ("decoding", DECODINGS))  # fmt: skip
+        for option, values in choices:
             if getattr(self, option) not in values:
                 raise UserError(f"--{option} must be one of {', '.join(values)}, got {getattr(self, option)!r}")
         for option in ("max_new_tokens", "batch_size", "prompts_per_shard", "reward_batch_size", "reward_max_length",

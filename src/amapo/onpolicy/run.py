@@ -42,6 +42,7 @@ from amapo.onpolicy.sampling import (
 )
 from amapo.onpolicy.selection import is_valid_text, select_pairs
 from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
+from amapo.seeds import SAMPLER
 
 
 @dataclass
@@ -89,6 +90,7 @@ def recorded_settings(config: MakePairsConfig, prompts: PromptSet, tokenizer, en
         "max_prompts": config.max_prompts,
         "prompt_count": len(prompts.prompts),
         **asdict(config.sampling()),
+        "sampler": SAMPLER,  # issue 28 changed how tokens are drawn: shards sampled before are not continued
         "engine": engine,
         "reward": reward,
         "reward_mode": config.reward_mode,
@@ -204,7 +206,7 @@ def sample_share(config, prompts: PromptSet, store: ShardStore, ranks: Ranks, po
     model = load_model(policy_path, device=ranks.device()).eval()
     stop_ids = stop_token_ids(model, tokenizer)
     sample = partial(sample_with_transformers, model, tokenizer, settings=config.sampling(),
-                     batch_size=config.batch_size, stop_ids=stop_ids)  # fmt: skip
+                     batch_size=config.batch_size, stop_ids=stop_ids, decoding=config.decoding)  # fmt: skip
     write_sample_shards(todo, sample, store, ranks.rank, config.prompts_per_shard, console, "sampling",
                         show_progress=ranks.rank == 0)  # fmt: skip
     del model, sample  # the policy's memory goes before the reward model loads

@@ -17,7 +17,6 @@ ended by itself or was cut at ``max_new_tokens`` (``selection`` never pairs a cu
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amapo.errors import UserError
+from amapo.seeds import stream_seed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from amapo.onpolicy.shards import ShardStore
 
 ENGINES = ("auto", "transformers", "vllm")
+DECODINGS = ("auto", "static", "dynamic")  # amapo.model.generate.cache_options
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,7 @@ class SamplingSettings:
 
 def answer_seed(seed: int, prompt_index: int, sample: int) -> int:
     """A 63-bit seed for answer ``sample`` of prompt ``prompt_index``: distinct streams for every (seed, i, j)."""
-    digest = hashlib.sha256(f"amapo-make-pairs/{seed}/{prompt_index}/{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return stream_seed("amapo-make-pairs", seed, prompt_index, sample)
 
 
 def vllm_installed() -> bool:
@@ -101,12 +101,18 @@ def gpu_of_local_rank(local_rank: int, visible: str | None) -> str:
 
 
 def sample_with_transformers(
-    model, tokenizer, prompts: list[tuple[int, Any]], settings: SamplingSettings, batch_size: int, stop_ids: list[int]
+    model,
+    tokenizer,
+    prompts: list[tuple[int, Any]],
+    settings: SamplingSettings,
+    batch_size: int,
+    stop_ids: list[int],
+    decoding: str = "auto",
 ) -> list[list[Answer]]:
-    """``settings.num_samples`` answers to each (index, prompt), ``batch_size`` sequences per ``generate`` call."""
-    from amapo.model.generate import generate_answers, render_prompt, row_generators
+    """``settings.num_samples`` answers to each (index, prompt), ``batch_size`` sequences per ``generate`` call;
+    ``decoding``: the KV cache (``amapo.model.generate.cache_options``)."""
+    from amapo.model.generate import generate_answers, render_prompt
 
-    device = next(model.parameters()).device
     rows = [(i, p, j) for i, p in prompts for j in range(settings.num_samples)]
     answers: list[Answer] = []
     for start in range(0, len(rows), batch_size):
@@ -116,7 +122,8 @@ def sample_with_transformers(
             model,
             tokenizer,
             [text for text, _ in rendered],
-            generators=row_generators([answer_seed(settings.seed, i, j) for i, _, j in batch], device),
+            seeds=[answer_seed(settings.seed, i, j) for i, _, j in batch],
+            decoding=decoding,
             temperatures=[settings.temperature] * len(batch),
             max_new_tokens=settings.max_new_tokens,
             top_p=settings.top_p,
