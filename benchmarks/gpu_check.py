@@ -69,8 +69,10 @@ REPO = HERE.parent
 LLAMA3_8B_LAYERS = ["--hidden_size", "4096", "--intermediate_size", "14336", "--num_heads", "32", "--num_kv_heads", "8"]
 PEERS = "trl-cpo-simpo trl-cpo-simpo-liger liger-simpo"
 FAST = "amapo-amapo+flex+liger-head+liger-kernels"  # amapo's GPU options together, but compile (minutes of start-up)
-OPTIONS_ALONE = ("amapo-amapo amapo-amapo+flex amapo-amapo+liger-head amapo-amapo+compiled-head "
-                 "amapo-amapo+liger-kernels amapo-amapo+compile amapo-amapo+flex+liger-head+liger-kernels+compile")
+OPTIONS_ALONE = (
+    "amapo-amapo amapo-amapo+flex amapo-amapo+liger-head amapo-amapo+compiled-head "
+    "amapo-amapo+liger-kernels amapo-amapo+compile amapo-amapo+flex+liger-head+liger-kernels+compile"
+)
 SIZES = {
     "full": {
         "model": ["--vocab", "128256", *LLAMA3_8B_LAYERS, "--num_layers", "4", "--batch", "8"],

@@ -98,6 +98,7 @@ def test_answers_do_not_depend_on_the_batch_size(builtin_policy):
     model, tokenizer = builtin_policy
     prompts = [(i, f"reverse: {word} =") for i, word in enumerate(["abc", "hello", "x", "sampling", "amapo", "ok"])]
     settings = SamplingSettings(num_samples=4, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=3)
+
     def texts(batch_size: int) -> list[list[str]]:
         rows = sample_with_transformers(model, tokenizer, prompts, settings, batch_size, [2])
         return [[answer.text for answer in row] for row in rows]

@@ -45,6 +45,8 @@ def check_numbers(values: Mapping[str, Any], index: int, fields: Sequence[str] =
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise DataError(f"must be a finite number, got {value!r} (or pass --drop_invalid_rows true)", index, name)
+
+
 _FRESH = "__amapo_standard__"
 OPENAI_PREFERENCE_PATHS = {"prompt": "input.messages", "chosen": "preferred_output", "rejected": "non_preferred_output"}
 

@@ -41,7 +41,6 @@ RESULTS_FILE = "eval_results.json"
 __all__ = ["EvalConfig", "run_eval"]
 
 
-
 def trained_config(model_dir: str) -> dict[str, Any]:
     """The resolved config an ``amapo train`` run saved beside its model, or {} for other models."""
     path = Path(model_dir).expanduser() / CONFIG_FILE

@@ -160,7 +160,7 @@ def fits(value, kind) -> bool:
 
 
 def recipe_line(source: str | None, key: str) -> str:
-    """"recipe.yaml:3" for the line that sets ``key`` in the recipe ``source`` ("recipe PATH"), else the source."""
+    """ "recipe.yaml:3" for the line that sets ``key`` in the recipe ``source`` ("recipe PATH"), else the source."""
     path = (source or "").removeprefix("recipe ")
     try:
         node = yaml.compose(Path(path).read_text())
