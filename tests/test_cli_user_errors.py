@@ -359,3 +359,10 @@ def test_a_finished_built_in_run_is_refused_with_hints_that_work(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err == (f"amapo train: error: {out} already holds a finished run: choose another --output_dir, or pass "
                    "--overwrite_output_dir true")  # fmt: skip
+
+
+def test_confirmation_seeds_must_be_disjoint_from_the_discovery_seeds(capsys):
+    assert main(["compare", "--seeds", "1", "2", "--confirm_seeds", "2", "3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "amapo compare: error: --confirm_seeds must be disjoint from --seeds; both have 2"
+    )

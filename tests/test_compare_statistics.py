@@ -7,7 +7,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from amapo.compare.statistics import AGREES, CANNOT_TELL, DISAGREES, paired_difference
+from amapo.compare.statistics import (
+    AGREES,
+    CANNOT_TELL,
+    DISAGREES,
+    ESTABLISHED,
+    ESTABLISHED_AGAINST,
+    SUGGESTIVE,
+    SUGGESTIVE_AGAINST,
+    UNTOLD,
+    claim_status,
+    holm,
+    paired_difference,
+)
 
 
 def test_per_run_metric_gets_the_paired_t_interval_over_seeds():
@@ -86,3 +98,80 @@ def test_default_size_resolves_a_two_point_accuracy_difference():
     told_now = np.mean([paired_difference(*simulate(rng, 5, 2048, 0.02)).verdict == AGREES for _ in range(100)])
     told_before = np.mean([paired_difference(*simulate(rng, 3, 256, 0.02)).verdict == AGREES for _ in range(100)])
     assert told_now >= 0.7 and told_before <= 0.4
+
+
+# --- many claims: Holm's correction and a confirmation stage (issue 29) --------------------------------------------
+
+
+def test_holm_adjusts_hand_computed_p_values():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4 x 0.005 = 0.02; 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # min(1, 2 x 0.5), then the running max
+    adjusted = holm([0.02, math.nan, 0.01])  # a claim without a test (one seed) counts for nothing
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_the_p_value_agrees_with_the_interval():
+    rng = np.random.default_rng(3)
+    for gap in (0.0, 0.02, 0.05):
+        a, b = rng.random((4, 800)) < 0.75 + gap, rng.random((4, 800)) < 0.75
+        diff = paired_difference(a, b)
+        assert (diff.p_value < 0.05) == (diff.low > 0 or diff.high < 0), gap
+        assert diff.verdict_at(diff.p_value) == diff.verdict
+    assert math.isnan(paired_difference([0.9], [0.1]).p_value)  # one seed: no test
+    assert paired_difference([0.30, 0.50, 0.40], [0.20, 0.45, 0.25]).p_value == pytest.approx(
+        2 * stats.t.sf(0.10 / (0.05 / math.sqrt(3)), 2)
+    )
+
+
+def test_a_claim_is_established_only_when_it_holds_corrected_in_both_seed_sets():
+    assert claim_status(AGREES, AGREES, AGREES) == ESTABLISHED
+    assert claim_status(DISAGREES, DISAGREES, DISAGREES) == ESTABLISHED_AGAINST
+    assert claim_status(AGREES, CANNOT_TELL, AGREES) == SUGGESTIVE  # a discovery that did not confirm
+    assert claim_status(AGREES, None, AGREES) == SUGGESTIVE  # no confirmation run
+    assert claim_status(CANNOT_TELL, None, AGREES) == SUGGESTIVE  # raw only: the correction took it
+    assert claim_status(CANNOT_TELL, None, CANNOT_TELL) == UNTOLD
+    assert claim_status(DISAGREES, None, DISAGREES) == SUGGESTIVE_AGAINST
+
+
+def runs_of(method: str, seeds, right: np.ndarray) -> list:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(seed=s, method=method, accuracy={"in_distribution": r.mean()}, per_prompt={}, gradient={},
+                            generation={}, ranked_right={"in_distribution": "".join("1" if x else "0" for x in r)})
+            for s, r in zip(seeds, right, strict=True)]  # fmt: skip
+
+
+def test_a_lone_discovery_that_fails_confirmation_is_not_established():
+    """The same small true effect (AMaPO vs SimPO: AMaPO also ranks right 1.5% of the pairs SimPO ranks wrong, about
+    half a point) in discovery seeds 1-4 and confirmation seeds 5-8, 2,000 pairs each, drawn again and again: the
+    first draw whose discovery resolves it (corrected) and whose confirmation does not is reported suggestive, not
+    established; a large effect (vs DPO) is established in that same draw; a claim with no effect cannot be told.
+    And in every draw, established means resolved, corrected, in both seed sets."""
+    from amapo.compare.report import claims_table
+
+    def experiment(rng):
+        groups = {}
+        for name, seeds in (("discovery", range(1, 5)), ("confirmation", range(5, 9))):
+            base = rng.random((4, 2000)) < 0.70
+            lifted = lambda: base | (rng.random((4, 2000)) < 0.015)  # noqa: B023, E731
+            groups[name] = {"simpo": runs_of("simpo", seeds, base), "amapo": runs_of("amapo", seeds, lifted()),
+                            "dpo": runs_of("dpo", seeds, base & (rng.random((4, 2000)) < 0.85)),
+                            "amapo-no-znorm": runs_of("amapo-no-znorm", seeds, lifted())}  # fmt: skip
+        lines = claims_table(groups["discovery"], groups["confirmation"])[2:]
+        return {line.split(" | ")[0].lstrip("| "): line for line in lines}
+
+    lone = None
+    for draw in range(200):
+        rows = experiment(np.random.default_rng(draw))
+        for row in rows.values():
+            if row.endswith("| **established** |"):
+                assert row.count("**agrees**") == 2  # the corrected verdict in both seed sets
+        vs_simpo = rows["AMaPO ranks held-out pairs better than SimPO (in distribution)"]
+        if "agrees / **agrees**" in vs_simpo and "| **cannot tell at this size** |" in vs_simpo:
+            lone = rows
+            break
+    assert lone is not None, "no draw of 200 resolved the small effect in discovery alone"
+    assert lone["AMaPO ranks held-out pairs better than SimPO (in distribution)"].endswith("| **suggestive** |")
+    assert lone["AMaPO ranks held-out pairs better than DPO (in distribution)"].endswith("| **established** |")
+    assert lone["Removing Z-normalization lowers ranking accuracy (in distribution)"].endswith("| **cannot tell** |")

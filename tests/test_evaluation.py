@@ -14,7 +14,7 @@ from datasets import Dataset
 
 from amapo.builtin.tokenizer import build_byte_tokenizer
 from amapo.cli import main
-from amapo.compare.report import Claim, inverted_u_verdict
+from amapo.compare.report import Claim, claims_table, inverted_u_verdict
 from amapo.compare.statistics import paired_difference
 from amapo.data import tokenize_dataset
 from amapo.evaluation import compute_pair_logps, score_with_loss
@@ -85,7 +85,7 @@ def fake_run(seed: int, bits: str) -> SimpleNamespace:
     """A run that ranked the held-out pairs as ``bits`` (1: right)."""
     return SimpleNamespace(
         seed=seed, accuracy={"in_distribution": bits.count("1") / len(bits)}, ranked_right={"in_distribution": bits},
-        per_prompt={}, gradient={},
+        per_prompt={}, gradient={}, generation={},
     )  # fmt: skip
 
 
@@ -99,11 +99,15 @@ def test_claims_pair_the_methods_seed_by_seed_and_pair_by_pair():
               "b": [fake_run(s, as_text(x)) for s, x in enumerate(b_bits)]}  # fmt: skip
     diff = claim.difference(groups)
     assert diff.items == 400 and diff.estimate == pytest.approx(np.mean(np.stack(a_bits) ^ np.stack(b_bits)))
-    assert diff.verdict == "agrees" and "**agrees**" in claim.row(groups) and "3 seeds x 400 items" in claim.row(groups)
+    assert diff.verdict == "agrees" and diff.p_value < 0.05
     assert Claim("B beats A", "b", "a", "accuracy", "in_distribution").difference(groups).verdict == "disagrees"
     same = {"a": groups["b"], "b": groups["b"]}
     assert claim.difference(same).verdict == "cannot tell at this size"
-    assert claim.row({"a": groups["a"]}) is None  # B was not run
+    assert claim.difference({"a": groups["a"]}) is None  # B was not run
+    table = "\n".join(claims_table({"amapo": groups["a"], "simpo": groups["b"]}, None))
+    row = next(line for line in table.splitlines() if line.startswith("| AMaPO ranks held-out pairs better than SimPO"))
+    assert "3 seeds x 400 items" in row and "agrees / **agrees**" in row
+    assert row.endswith("| **suggestive** |")  # resolved, but with no confirmation seeds: not established
     # seeds pair by number: a seed only one method ran is left out
     assert claim.difference({"a": groups["a"][:2], "b": groups["b"][1:]}).per_seed == pytest.approx(
         (np.mean(a_bits[1] ^ b_bits[1]),)
@@ -194,6 +198,7 @@ def test_amapo_compare_writes_the_report(tmp_path):
             "--seeds",
             "1",
             "2",
+            "--confirm_seeds",
             "3",
             "--max_steps",
             "4",
@@ -212,7 +217,8 @@ def test_amapo_compare_writes_the_report(tmp_path):
     document = json.loads((out / "runs.json").read_text())
     runs = document["runs"]
     assert len(runs) == 6 and {r["method"] for r in runs} == {"simpo", "amapo"}
-    assert document["config"]["eval_pairs"] == 40 and document["config"]["seeds"] == [1, 2, 3]
+    assert document["config"]["eval_pairs"] == 40 and document["config"]["seeds"] == [1, 2]
+    assert document["config"]["confirm_seeds"] == [3] and {r["seed"] for r in runs} == {1, 2, 3}
     report = (out / "report.md").read_text()
     for heading in ("## Ranking accuracy", "## Gradient dynamics", "## Generation", "## Against the paper"):
         assert heading in report
@@ -228,16 +234,17 @@ def test_amapo_compare_writes_the_report(tmp_path):
             np.mean(run["per_prompt"]["in_distribution/length"])
         )
         assert list(run["curve"]) == ["in_distribution"]  # the curve: the analysis set only
-    # the claim AMaPO > SimPO in distribution: a - b seed by seed and pair by pair, with its interval and verdict
+    # the claim AMaPO > SimPO in distribution: a - b seed by seed and pair by pair over the discovery seeds, with its
+    # interval and verdicts; the confirmation seed's own difference beside it
     by = {(r["method"], r["seed"]): np.array([int(c) for c in r["ranked_right"]["in_distribution"]]) for r in runs}
-    expected = paired_difference(
-        np.stack([by["amapo", s] for s in (1, 2, 3)]), np.stack([by["simpo", s] for s in (1, 2, 3)])
-    )
+    expected = paired_difference(np.stack([by["amapo", s] for s in (1, 2)]), np.stack([by["simpo", s] for s in (1, 2)]))
+    again = paired_difference(by["amapo", 3][None], by["simpo", 3][None])
     row = next(
         line for line in report.splitlines() if line.startswith("| AMaPO ranks held-out pairs better than SimPO")
     )
-    over = f"3 seeds x 40 items ({100 * expected.seed_share:.0f}% of the variance from seeds)"
-    assert f"| {expected.interval_text} | {over} |" in row and f"**{expected.verdict}**" in row
+    over = f"2 seeds x 40 items ({100 * expected.seed_share:.0f}% of the variance from seeds)"
+    assert f"| {expected.interval_text} | {over} |" in row and f"| {expected.verdict} / **" in row
+    assert f"| {again.interval_text} |" in row and "**Confirmation.**" in report
     # the benchmark sets: their own tables, and the paper's RM-Bench and OOD numbers beside ours
     assert "## Benchmark sets" in report and "### rmb" in report and "### response_ood" in report
     hard = [r["benchmarks"]["rmb"]["rm_bench/hard"] for r in runs if r["method"] == "amapo"]
@@ -245,7 +252,7 @@ def test_amapo_compare_writes_the_report(tmp_path):
     amapo_row = next(line for line in rmb_table if line.startswith("| amapo |"))
     cells = [cell.strip() for cell in amapo_row.strip("|").split("|")]  # method, accuracy, easy, normal, hard
     assert cells[4] == f"{np.mean(hard):.3f} ± {np.std(hard, ddof=1):.3f}"
-    simpo_avg = [100 * r["benchmarks"]["rmb"]["accuracy"] for r in runs if r["method"] == "simpo"]
+    simpo_avg = [100 * r["benchmarks"]["rmb"]["accuracy"] for r in runs if r["method"] == "simpo" and r["seed"] < 3]
     assert (
         "- RM-Bench average: paper (Llama-3-8B-Base) amapo 58.6, simpo 56.9, dpo 54.6; here (`--eval_datasets` set "
         "`rmb`) amapo" in report

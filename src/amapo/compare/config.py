@@ -30,6 +30,13 @@ class CompareConfig:
             "seed; the intervals need at least 2, and narrow with more."
         },
     )
+    confirm_seeds: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "Seeds of a confirmation stage, disjoint from --seeds: a claim is established only if it holds, "
+            "corrected for the number of claims, in --seeds and again in these (see the report's method note)."
+        },
+    )
     recipe: str = field(default="builtin", metadata={"help": "Training recipe shared by all runs (path or name)."})
     workers: int = field(
         default=2,
@@ -76,12 +83,18 @@ class CompareConfig:
         for option, values, example in (
             ("methods", self.methods, "--methods simpo amapo"),
             ("seeds", self.seeds, "--seeds 1 2 3"),
+            ("confirm_seeds", self.confirm_seeds or [0], "--confirm_seeds 4 5 6"),
         ):
             if not values:
                 raise UserError(f"--{option} needs at least one value, e.g. {example}")
             twice = sorted({str(v) for v in values if values.count(v) > 1})
             if twice:  # two runs would share a folder
                 raise UserError(f"--{option} lists {', '.join(twice)} twice: give each once")
+        shared = sorted(set(self.seeds) & set(self.confirm_seeds))
+        if shared:  # a confirmation on the discovery's own runs confirms nothing
+            raise UserError(f"--confirm_seeds must be disjoint from --seeds; both have {', '.join(map(str, shared))}")
+        if self.confirm_seeds and self.beta_sweep:
+            raise UserError("--confirm_seeds applies to the claims of a comparison, not to a --beta_sweep")
         for method in self.methods:
             check_method("methods", method)
         for beta in self.beta_sweep:

@@ -4,6 +4,7 @@ small-scale result agrees with the paper, disagrees, or cannot tell at this size
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from amapo.compare.config import CompareConfig, RunResult
-from amapo.compare.statistics import PairedDifference, paired_difference
+from amapo.compare.statistics import CANNOT_TELL, PairedDifference, claim_status, holm, paired_difference
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights, plot_sweep
 
 SETS = ("in_distribution", "prompt_ood", "response_ood", "mutual_ood")
@@ -104,17 +105,6 @@ class Claim:
             return None
         return paired(groups[self.a], groups[self.b], self.section, self.key, self.higher_is_better)
 
-    def row(self, groups: dict[str, list[RunResult]]) -> str | None:
-        """A row of the claims table: the claim, the metric, a - b with its interval, per seed, the verdict."""
-        diff = self.difference(groups)
-        if diff is None:
-            return None
-        sign = "" if self.higher_is_better else " (lower is better: b - a)"
-        over = f"{len(diff.per_seed)} seeds"
-        if diff.items:
-            over += f" x {diff.items} items ({100 * diff.seed_share:.0f}% of the variance from seeds)"
-        per_seed = " ".join(f"{d:+.3f}" for d in diff.per_seed)
-        return f"| {self.text} | {self.key}{sign} | {diff.interval_text} | {over} | {per_seed} | **{diff.verdict}** |"
 
 
 def paper_claims() -> list[Claim]:
@@ -286,7 +276,8 @@ def paper_number_lines(config: CompareConfig, groups: dict[str, list[RunResult]]
             else:  # the recipe's set: pair by pair, as the claims above
                 diff = paired(groups["amapo"], groups["simpo"], "accuracy", name)
                 over = f"{len(diff.per_seed)} seeds" + (f" x {diff.items} pairs" if diff.items else "")
-            order = f"; AMaPO above SimPO as in the paper: {diff.verdict} (amapo - simpo {diff.interval_text}, {over})"
+            order = (f"; AMaPO above SimPO as in the paper (uncorrected, the discovery seeds): {diff.verdict} "
+                     f"(amapo - simpo {diff.interval_text}, {over})")  # fmt: skip
         lines.append(f"- {what}: paper ({setting}) {theirs}; here ({source}) {here}{order}.")
     if lines:
         lines.append(
@@ -357,22 +348,66 @@ INTERVALS = (
     "taken item by item and its 95% interval counts both the seeds and the held-out items (two-way variance "
     "var(seed means)/S + var(item means)/N, after Owen's pigeonhole bootstrap, with a Student-t quantile at "
     "Welch-Satterthwaite degrees of freedom); for a per-run metric (the gradient indicators) it is the paired "
-    "t-interval over seeds. **agrees**: the interval lies on the paper's side of 0; **disagrees**: on the other side; "
-    "**cannot tell at this size**: it contains 0, and its half-width is the difference this size resolves "
+    "t-interval over seeds. **agrees**: the difference lies on the paper's side of 0; **disagrees**: on the other "
+    "side; **cannot tell at this size**: it contains 0, and its half-width is the difference this size resolves "
     "(`--seeds`, `--eval_pairs`, `--max_generations` to narrow it; the share of the variance from seeds says "
-    "which helps more). Per seed: the difference in each seed."
+    "which helps more). Raw: the interval alone. Corrected: its two-sided p-value adjusted by Holm's step-down for "
+    "the number of claims tested in the table (it controls the chance of any false verdict, whatever the "
+    "dependence between claims that share runs); it is this verdict that counts."
+)
+CONFIRMATION = (
+    "**Confirmation.** The claims whose corrected verdict holds are tested again on the confirmation seeds "
+    "(`--confirm_seeds`, disjoint from the discovery's), corrected for the number carried there. **established**: "
+    "the corrected verdict holds in both seed sets; **suggestive**: a verdict holds somewhere (raw or corrected, "
+    "discovery or confirmation) but not in both; **cannot tell**: in neither."
 )
 
 
-def claims_table(groups: dict[str, list[RunResult]]) -> list[str]:
-    rows = [row for claim in paper_claims() if (row := claim.row(groups))]
-    if not rows:
+def claims_table(discovery: dict[str, list[RunResult]], confirmation: dict[str, list[RunResult]] | None) -> list[str]:
+    """The paper's claims on these runs: the discovery seeds' difference, raw and Holm-corrected verdicts; with
+    ``confirmation`` (the ``--confirm_seeds`` runs), the claims that hold tested again there, and each claim's status
+    (``statistics.claim_status``)."""
+    tested = [(claim, diff) for claim in paper_claims() if (diff := claim.difference(discovery)) is not None]
+    if not tested:
         return ["- (none of the paper's pairwise claims involve these methods)"]
-    return [
-        "| claim (a vs b) | metric | a - b, 95% interval | over | per seed | verdict |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ]
+    adjusted = holm([diff.p_value for _, diff in tested])
+    corrected = [diff.verdict_at(p) for (_, diff), p in zip(tested, adjusted, strict=True)]
+    again: dict[int, PairedDifference | None] = {}
+    if confirmation is not None:
+        again = {i: claim.difference(confirmation) for i, (claim, _) in enumerate(tested)}
+    carried = [i for i, verdict in enumerate(corrected) if verdict != CANNOT_TELL and again.get(i) is not None]
+    again_adjusted = dict(zip(carried, holm([again[i].p_value for i in carried]), strict=True))
+    header = ["claim (a vs b)", "metric", "a - b, 95% interval", "over", "p (Holm)", "verdict: raw / corrected"]
+    if confirmation is not None:
+        header += ["confirmation: a - b, 95% interval", "p (Holm)", "verdict"]
+    header.append("status")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, (claim, diff) in enumerate(tested):
+        sign = "" if claim.higher_is_better else " (lower is better: b - a)"
+        over = f"{len(diff.per_seed)} seeds"
+        if diff.items:
+            over += f" x {diff.items} items ({100 * diff.seed_share:.0f}% of the variance from seeds)"
+        cells = [claim.text, f"{claim.key}{sign}", diff.interval_text, over, p_text(diff.p_value, adjusted[i]),
+                 f"{diff.verdict} / **{corrected[i]}**"]  # fmt: skip
+        confirmed = None
+        if confirmation is not None:
+            other = again.get(i)
+            if i in again_adjusted:
+                confirmed = other.verdict_at(again_adjusted[i])
+                cells += [other.interval_text, p_text(other.p_value, again_adjusted[i]), f"**{confirmed}**"]
+            else:
+                why = "not carried (not resolved in discovery)" if other is not None else "no runs"
+                cells += [other.interval_text if other is not None else "-", "-", why]
+        status = claim_status(corrected[i], confirmed if confirmation is not None and i in carried else None,
+                              diff.verdict)  # fmt: skip
+        lines.append("| " + " | ".join(cells) + f" | **{status}** |")
+    return lines
+
+
+def p_text(raw: float, adjusted: float) -> str:
+    if math.isnan(raw):
+        return "-"
+    return f"{raw:.3g} ({adjusted:.3g})"
 
 
 def write_report(
@@ -384,6 +419,8 @@ def write_report(
         {k for r in results for k in r.accuracy}
     )
     seeds = ", ".join(map(str, config.seeds))
+    if config.confirm_seeds:
+        seeds += f" (discovery) and {', '.join(map(str, config.confirm_seeds))} (confirmation)"
     budget = f"{config.max_steps} steps" if config.max_steps > 0 else f"the recipe's budget ({config.recipe})"
     pairs = {name: len(bits) for r in results for name, bits in r.ranked_right.items()}
     sizes = ", ".join(f"{name} {n}" for name, n in pairs.items())
@@ -432,8 +469,13 @@ def write_report(
              "at least 2 for a verdict on the methods rather than on this one training order.", ""]
             if len(config.seeds) == 1 else []
         )  # fmt: skip
-        lines += ["## Against the paper", "", INTERVALS, "", *one_seed, *claims_table(groups), ""]
-        lines += paper_number_lines(config, groups)
+        discovery = by_tag([r for r in results if r.seed in config.seeds])
+        confirmation = by_tag([r for r in results if r.seed in config.confirm_seeds]) if config.confirm_seeds else None
+        note = [CONFIRMATION, ""] if confirmation is not None else [
+            "No confirmation seeds (`--confirm_seeds`): no claim can be established here, only suggested.", ""]
+        lines += ["## Against the paper", "", INTERVALS, "", *note, *one_seed, *claims_table(discovery, confirmation),
+                  ""]  # fmt: skip
+        lines += paper_number_lines(config, discovery)
         lines.append("")
     figures = []
     curves = curves_by_tag(groups, config.analysis_set)

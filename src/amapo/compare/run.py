@@ -317,7 +317,8 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     base = score_base(train_config, shared["tokenized"])
     output_dir = Path(config.output_dir)
     betas: list[float | None] = list(config.beta_sweep) or [None]
-    jobs = [(method, seed, beta) for method in config.methods for beta in betas for seed in config.seeds]
+    seeds = [*config.seeds, *config.confirm_seeds]  # the confirmation's runs as the discovery's, on their own seeds
+    jobs = [(method, seed, beta) for method in config.methods for beta in betas for seed in seeds]
     results: list[RunResult] = []
     points: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for measured in run_jobs(config, jobs, shared, console):
