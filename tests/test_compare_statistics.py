@@ -131,6 +131,7 @@ def test_a_claim_is_established_only_when_it_holds_corrected_in_both_seed_sets()
     assert claim_status(AGREES, None, AGREES) == SUGGESTIVE  # no confirmation run
     assert claim_status(CANNOT_TELL, None, AGREES) == SUGGESTIVE  # raw only: the correction took it
     assert claim_status(CANNOT_TELL, None, CANNOT_TELL) == UNTOLD
+    assert claim_status(CANNOT_TELL, None, CANNOT_TELL, AGREES) == SUGGESTIVE  # resolved in confirmation alone
     assert claim_status(DISAGREES, None, DISAGREES) == SUGGESTIVE_AGAINST
 
 

@@ -106,7 +106,6 @@ class Claim:
         return paired(groups[self.a], groups[self.b], self.section, self.key, self.higher_is_better)
 
 
-
 def paper_claims() -> list[Claim]:
     claims = [
         Claim(
@@ -389,17 +388,15 @@ def claims_table(discovery: dict[str, list[RunResult]], confirmation: dict[str, 
             over += f" x {diff.items} items ({100 * diff.seed_share:.0f}% of the variance from seeds)"
         cells = [claim.text, f"{claim.key}{sign}", diff.interval_text, over, p_text(diff.p_value, adjusted[i]),
                  f"{diff.verdict} / **{corrected[i]}**"]  # fmt: skip
-        confirmed = None
+        confirmed, other = None, again.get(i)
         if confirmation is not None:
-            other = again.get(i)
             if i in again_adjusted:
                 confirmed = other.verdict_at(again_adjusted[i])
                 cells += [other.interval_text, p_text(other.p_value, again_adjusted[i]), f"**{confirmed}**"]
             else:
                 why = "not carried (not resolved in discovery)" if other is not None else "no runs"
                 cells += [other.interval_text if other is not None else "-", "-", why]
-        status = claim_status(corrected[i], confirmed if confirmation is not None and i in carried else None,
-                              diff.verdict)  # fmt: skip
+        status = claim_status(corrected[i], confirmed, diff.verdict, other.verdict if other is not None else None)
         lines.append("| " + " | ".join(cells) + f" | **{status}** |")
     return lines
 
@@ -471,8 +468,11 @@ def write_report(
         )  # fmt: skip
         discovery = by_tag([r for r in results if r.seed in config.seeds])
         confirmation = by_tag([r for r in results if r.seed in config.confirm_seeds]) if config.confirm_seeds else None
-        note = [CONFIRMATION, ""] if confirmation is not None else [
-            "No confirmation seeds (`--confirm_seeds`): no claim can be established here, only suggested.", ""]
+        note = (
+            [CONFIRMATION, ""]
+            if confirmation is not None
+            else ["No confirmation seeds (`--confirm_seeds`): no claim can be established here, only suggested.", ""]
+        )
         lines += ["## Against the paper", "", INTERVALS, "", *note, *one_seed, *claims_table(discovery, confirmation),
                   ""]  # fmt: skip
         lines += paper_number_lines(config, discovery)

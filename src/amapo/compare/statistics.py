@@ -144,15 +144,15 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def claim_status(discovery: str, confirmation: str | None, raw: str) -> str:
-    """What a claim amounts to, from its corrected verdicts in the discovery seeds and (None: none run) the
-    confirmation seeds, and its uncorrected discovery verdict: established only when both corrected verdicts
-    hold the same way; suggestive when some verdict holds but not both; else cannot tell."""
+def claim_status(discovery: str, confirmation: str | None, *raw: str | None) -> str:
+    """What a claim amounts to, from its corrected verdicts in the discovery seeds and (None: not tested there) the
+    confirmation seeds, and its uncorrected verdicts (``raw``: discovery, confirmation): established only when both
+    corrected verdicts hold the same way; suggestive when some verdict holds but not both; else cannot tell."""
     if confirmation is not None and discovery == confirmation == AGREES:
         return ESTABLISHED
     if confirmation is not None and discovery == confirmation == DISAGREES:
         return ESTABLISHED_AGAINST
-    seen = [v for v in (discovery, confirmation, raw) if v in (AGREES, DISAGREES)]
+    seen = [v for v in (discovery, confirmation, *raw) if v in (AGREES, DISAGREES)]
     if not seen:
         return UNTOLD
     return SUGGESTIVE if seen[0] == AGREES else SUGGESTIVE_AGAINST
