@@ -96,7 +96,7 @@ def run_amapo(a, framework: str, callbacks: list, result: dict) -> None:
         a, AMAPO_FRAMEWORKS[framework], a.output_dir, batch=a.batch, max_steps=a.warmup + a.steps, learning_rate=a.lr
     )
     result["settings"] = {
-        name: getattr(config, name)
+        name: getattr(config, name, None)  # None: an option a --amapo_baseline commit does not have
         for name in ("method", "beta", "gamma_beta_ratio", "batch_layout", "lm_head_chunk_size", "lm_head_kernel",
                      "attn_implementation", "use_liger_kernel", "torch_compile")
     }  # fmt: skip
