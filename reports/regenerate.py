@@ -1,7 +1,7 @@
 """Regenerate every committed number that comes from running amapo: the comparison reports in ``reports/`` and the
 README's default-run table, with the command, the commit and the numerics that made them (``provenance.json``).
 
-    python reports/regenerate.py                       # everything (about 20 min on the project's 2-core machine)
+    python reports/regenerate.py                       # everything (about 16 min on the project's 2-core machine)
     python reports/regenerate.py --only default-run    # or the name of one report (COMPARES)
 
 Every command runs under ``amapo.compare.reproduce.NUMERICS_ENV``, so that ``tests/test_reports_stay_true.py`` can

@@ -208,3 +208,11 @@ def test_the_profile_puts_each_kernel_in_its_category_and_the_idle_gpu_in_gaps(t
     assert result["wall_ms_per_step"] == 1.0 and sum(result["share"].values()) == pytest.approx(1.0)
     top = result["top"][0]
     assert (top["name"], top["category"], top["count"]) == ("sm90_xmma_gemm_bf16", "LM head / log-probs", 2)
+
+
+def test_the_cli_latency_script_times_the_commands_it_names_and_reports_their_exit_and_error():
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "cli_latency.py"), "--runs", "1", "--only=--beta"],
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1 and rows[0].startswith("| `amapo train --beta inf` |")
+    assert "| 2 | amapo train: error: --beta must be a finite number, got inf |" in rows[0]
