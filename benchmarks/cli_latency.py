@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="only the commands containing this text")
     args = parser.parse_args(argv)
     commands = [command for command in COMMANDS if args.only in command]
+    if args.runs < 1 or not commands:
+        parser.error("--runs must be at least 1" if args.runs < 1 else f"no command contains {args.only!r}")
     with tempfile.TemporaryDirectory(prefix="amapo-cli-latency-") as folder:
         if any(FINISHED_RUN in command for command in commands):
             subprocess.run(f"amapo train --max_steps 2 --output_dir {FINISHED_RUN}", shell=True, cwd=folder,

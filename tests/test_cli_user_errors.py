@@ -116,6 +116,11 @@ CASES = [
                                            "got nan", "--drop_invalid_rows true"]),
     ("non-finite offset", lambda t: [*user_data(t, rows({**GOOD, "offset": float("inf")})), "--method", "odpo"],
      ["row 0, field 'offset': must be a finite number, got inf"]),
+    # found by using amapo as a new user: each was a transformers traceback while the model loaded
+    ("unknown attention kernel", lambda t: ["--attn_implementation", "flex"],
+     ["--attn_implementation must be one of eager, sdpa, flex_attention", "got 'flex'"]),
+    ("unclosed JSON row", lambda t: user_data(t, '{"prompt": "p", "chosen": "a"\n'),
+     ["pairs.jsonl:1: not valid JSON (Expecting ',' delimiter at column 30)"]),
 ]  # fmt: skip
 
 
@@ -365,4 +370,16 @@ def test_confirmation_seeds_must_be_disjoint_from_the_discovery_seeds(capsys):
     assert main(["compare", "--seeds", "1", "2", "--confirm_seeds", "2", "3"]) == 2
     assert capsys.readouterr().err.strip() == (
         "amapo compare: error: --confirm_seeds must be disjoint from --seeds; both have 2"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_flash_attention_that_is_not_installed_is_one_line_before_the_model_loads(capsys, monkeypatch, command):
+    monkeypatch.setattr("amapo.attention_names.find_spec", lambda name: None)  # as on a machine without flash-attn
+    assert main([command, "--model_name_or_path", MODEL, "--attn_implementation", "flash_attention_2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"amapo {command}: error: --attn_implementation flash_attention_2 needs the flash_attn package "
+        "(flash-attention, on a CUDA GPU), which is not installed: install it, name a Hub build of it (e.g. "
+        "kernels-community/flash-attn2), or use sdpa or flex_attention"
     )

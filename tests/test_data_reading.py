@@ -44,6 +44,8 @@ def jsonl(*rows: dict) -> str:
     "content,message",
     [
         (jsonl(PLAIN) + '{"prompt": "p",\n', r"^pairs\.jsonl:2: not valid JSON \(Expecting"),
+        # the error at the end of a row names that row's column, not "column 1" of the line after it
+        ('{"prompt": "a", "chosen": "b"\n', r"^pairs\.jsonl:1: not valid JSON \(Expecting ',' delimiter at column 30"),
         ("", r"^pairs\.jsonl: the file is empty \(no rows\)"),
         ("\n  \n", r"^pairs\.jsonl: the file is empty"),
         (jsonl(PLAIN).encode() + b'{"prompt": "\xff"}\n', r"^pairs\.jsonl:2: not UTF-8 \(byte 0xff at column 13\)"),
@@ -53,7 +55,7 @@ def jsonl(*rows: dict) -> str:
             r"^pairs\.jsonl:3, row 2, field 'chosen': got a list where row 0 \(line 1\) has text",
         ),
     ],
-    ids=["malformed line", "empty", "blank lines only", "bad UTF-8", "not an object", "type clash"],
+    ids=["malformed line", "unclosed row", "empty", "blank lines only", "bad UTF-8", "not an object", "type clash"],
 )
 def test_unreadable_files_name_file_and_line(tmp_path, content, message):
     with pytest.raises(UserError, match=message):

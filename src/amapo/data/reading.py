@@ -58,6 +58,8 @@ def _decode(raw: bytes, name: str, line: int) -> str:
 
 def _parse(text: str, name: str, line: int | None) -> Any:
     """``text`` parsed; ``line`` is the line of a JSON Lines row (None: ``text`` is the whole file)."""
+    if line is not None:  # a row's own newline would move an error at its end to "line 2, column 1"
+        text = text.rstrip("\r\n")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from amapo.attention_names import check_attn_implementation
 from amapo.data.sources import parse_named_set
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
@@ -67,6 +68,7 @@ class EvalConfig:
             check_number(option, getattr(self, option), ">= 1")
         check_number("beta", self.beta, "> 0")
         check_number("temperature", self.temperature, ">= 0")
+        check_attn_implementation(self.attn_implementation)
         if self.truncation_mode is not None and self.truncation_mode not in TRUNCATION_MODES:
             raise UserError(
                 f"--truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation_mode!r}"

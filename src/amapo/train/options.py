@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import TYPE_CHECKING, Any
 
+from amapo.attention_names import check_attn_implementation
 from amapo.data.sources import check_named_set
 from amapo.errors import UserError
 from amapo.loss_options import scan_loss_options
@@ -301,6 +302,7 @@ class TrainOptionsBase:
             )
         if self.torch_dtype not in (None, *TORCH_DTYPES):
             raise UserError(f"--torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
+        check_attn_implementation(self.attn_implementation)
         if self.lm_head_kernel not in LM_HEAD_KERNELS:
             raise UserError(
                 f"--lm_head_kernel must be one of {', '.join(LM_HEAD_KERNELS)}, got {self.lm_head_kernel!r}"
