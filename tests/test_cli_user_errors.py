@@ -48,6 +48,14 @@ def folder(tmp_path: Path, name: str, *files: str) -> Path:
     return path
 
 
+def model_without_type(tmp_path: Path) -> Path:
+    """A folder with a config.json transformers cannot map to a model class."""
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    return path
+
+
 def recipe(tmp_path: Path, text: str) -> list[str]:
     (tmp_path / "recipe.yaml").write_text(text)
     return ["--config", str(tmp_path / "recipe.yaml"), "--model_name_or_path", MODEL, "--dataset", "builtin:reverse"]
@@ -121,6 +129,11 @@ CASES = [
      ["--attn_implementation must be one of eager, sdpa, flex_attention", "got 'flex'"]),
     ("unclosed JSON row", lambda t: user_data(t, '{"prompt": "p", "chosen": "a"\n'),
      ["pairs.jsonl:1: not valid JSON (Expecting ',' delimiter at column 30)"]),
+    ("model folder transformers cannot read", lambda t: ["--model_name_or_path", str(model_without_type(t)),
+                                                         "--dataset", "builtin:reverse"],
+     ["--model_name_or_path", "not a model transformers reads", "model_type"]),
+    ("unknown report_to", lambda t: ["--report_to", "nosuch"],
+     ["--report_to nosuch: not an integration transformers knows", "tensorboard", "wandb"]),
 ]  # fmt: skip
 
 
@@ -383,3 +396,32 @@ def test_flash_attention_that_is_not_installed_is_one_line_before_the_model_load
         "(flash-attention, on a CUDA GPU), which is not installed: install it, name a Hub build of it (e.g. "
         "kernels-community/flash-attn2), or use sdpa or flex_attention"
     )
+
+
+def test_a_report_to_whose_package_is_missing_is_one_line_before_anything_loads(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(  # as on a machine without wandb
+        "transformers.integrations.integration_utils.get_available_reporting_integrations", lambda: ["tensorboard"]
+    )
+    monkeypatch.setattr(amapo.train.run, "resolve_source", lambda *_: pytest.fail("the built-in model was built"))
+    out = tmp_path / "out"
+    assert main(["train", "--report_to", "wandb", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "amapo train: error: --report_to wandb: its package is not installed: pip install wandb, or leave wandb out "
+        "of --report_to (the run's metrics.jsonl has every logged metric either way)"
+    )
+    assert not out.exists()
+
+
+def test_a_model_folder_without_tokenizer_or_weights_is_one_line_naming_it(capsys, tmp_path):
+    from amapo.errors import UserError
+    from amapo.model.loading import load_model
+
+    folder = model_without_type(tmp_path)  # config.json only
+    args = ["--model_name_or_path", str(folder), "--datasets", "x=builtin:reverse", "--method", "simpo"]
+    assert main(["eval", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"amapo eval: error: {folder}: the folder holds no tokenizer (tokenizer.json, "), err
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(UserError, match=r"not a causal language model transformers can load \(.*model\.safetensors"):
+        load_model(str(folder))

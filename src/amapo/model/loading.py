@@ -5,6 +5,8 @@ Weights load from safetensors only: a pickled ``.bin`` checkpoint can run code w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from amapo.data.chat import read_chat_template
 from amapo.errors import UserError
 
@@ -14,7 +16,10 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat_template:
     and ``chat_template`` (Jinja text or a file) in place of its own if given."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # a folder without tokenizer files, a Hub id that is not there, ...
+        raise UserError(f"{path}: {_tokenizer_problem(path, err)}") from None
     if tokenizer.pad_token is None:  # common for base models
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template:
@@ -41,8 +46,29 @@ def load_model(
     }
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:  # no safetensors weights, not a causal LM, a config without model_type, ...
+        raise UserError(f"{path}: not a causal language model transformers can load ({first_line(err)})") from None
     return model.to(device) if device else model
+
+
+def first_line(err: Exception) -> str:
+    """The first non-empty line of ``err``'s message (transformers' messages go on with generic advice)."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _tokenizer_problem(path: str, err: Exception) -> str:
+    """Why ``path`` gave no tokenizer: a local folder without tokenizer files is said plainly."""
+    if Path(path).is_dir() and not any((Path(path) / name).exists() for name in TOKENIZER_FILES):
+        return (
+            f"the folder holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save the tokenizer beside the model "
+            "(tokenizer.save_pretrained(folder))"
+        )
+    return f"no tokenizer transformers can load ({first_line(err)})"
 
 
 def best_device() -> str:

@@ -22,7 +22,7 @@ from amapo.errors import UserError
 from amapo.losses.stats import margin_statistics
 from amapo.model.layouts import layout_for
 from amapo.model.lm_head import LogitTransform, check_kernel
-from amapo.model.loading import check_positions, load_model, load_tokenizer
+from amapo.model.loading import check_positions, first_line, load_model, load_tokenizer
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
 from amapo.run_files import METRICS_FILE, RESULTS_FILE
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, SavedFileModesCallback
@@ -218,6 +218,40 @@ def whole_run_loss(trainer: PreferenceTrainer, checkpoint: str | None, session_l
     return {"train_loss": loss} | ({"train_loss_since_resume": session_loss} if checkpoint is not None else {})
 
 
+def check_reporting(config: TrainConfig) -> None:
+    """Each ``--report_to`` integration is one transformers knows and its package is installed (the Trainer would
+    raise a traceback only once the model is loaded)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to or [])
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(["none", "all", *INTEGRATION_TO_CALLBACK])
+            raise UserError(f"--report_to {name}: not an integration transformers knows; one of {known}")
+        if name not in available and name != "flyte":  # (transformers has no availability check for flyte)
+            package = {"azure_ml": "azureml-core", "comet_ml": "comet-ml"}.get(name, name)
+            raise UserError(
+                f"--report_to {name}: its package is not installed: pip install {package}, or leave {name} out of "
+                f"--report_to (the run's {METRICS_FILE} has every logged metric either way)"
+            )
+
+
+def read_model_config(config: TrainConfig, model_path: str):
+    """The model's transformers config; a folder or Hub id transformers cannot read is the user's to fix."""
+    try:
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"--model_name_or_path {config.model_name_or_path}: not a model transformers reads ({first_line(err)})"
+        ) from None
+
+
 def check_kernels(config: TrainConfig, model_config) -> None:
     """The LM-head kernel and Liger's model kernels can run this model on this device (before anything loads)."""
     check_kernel(config.lm_head_kernel, LogitTransform.of(model_config), config.device)
@@ -239,12 +273,13 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
     checkpoint = resume_checkpoint(config)
+    check_reporting(config)
     for option in ("model_name_or_path", "ref_model_name_or_path"):
         check_local_path(option, getattr(config, option))
     check_local_path("dataset", config.dataset, data=True)
     with config.main_process_first(desc="preparing built-in assets"):  # built once, then reused by the others
         model_path = resolve_source(config.model_name_or_path)
-    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    model_config = read_model_config(config, model_path)
     check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
     check_positions(config.max_length, model_config, config.model_name_or_path)
     check_kernels(config, model_config)
