@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import amapo.evaluation.run
 import amapo.train.run
 from amapo.builtin import resolve_source
 from amapo.cli import main
@@ -293,6 +294,15 @@ def test_transformers_internals_amapo_relies_on_are_checked():
         check_trainer_hooks(Renamed)
 
 
+def test_the_attention_names_amapo_accepts_are_transformers_own():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from amapo.attention_names import ATTENTION_IMPLEMENTATIONS
+
+    theirs = {name for name in ALL_ATTENTION_FUNCTIONS.valid_keys() if not name.startswith("paged|")}
+    assert theirs <= set(ATTENTION_IMPLEMENTATIONS) <= theirs | {"eager", "flash_attention_4"}
+
+
 # --- issue 27: the last tracebacks and silent runs ------------------------------------------------------------
 
 
@@ -389,9 +399,22 @@ def test_confirmation_seeds_must_be_disjoint_from_the_discovery_seeds(capsys):
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_flash_attention_that_is_not_installed_is_one_line_before_the_model_loads(capsys, monkeypatch, command):
     monkeypatch.setattr("amapo.attention_names.find_spec", lambda name: None)  # as on a machine without flash-attn
-    assert main([command, "--model_name_or_path", MODEL, "--attn_implementation", "flash_attention_2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
+    monkeypatch.setattr(amapo.train.run, "load_model", lambda *_, **__: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(amapo.evaluation.run, "load_models", lambda *_, **__: pytest.fail("the model was loaded"))
+    args = [
+        "--model_name_or_path",
+        MODEL,
+        "--attn_implementation",
+        "flash_attention_2",
+        "--max_length",
+        "256",
+        "--max_prompt_length",
+        "128",
+    ]
+    data = {"eval": ["--datasets", "x=builtin:reverse", "--method", "simpo"], "train": ["--dataset", "builtin:reverse"]}
+    assert main([command, *args, *data[command]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # (building the built-in model may print a progress bar)
+    assert err[-1] == (
         f"amapo {command}: error: --attn_implementation flash_attention_2 needs the flash_attn package "
         "(flash-attention, on a CUDA GPU), which is not installed: install it, name a Hub build of it (e.g. "
         "kernels-community/flash-attn2), or use sdpa or flex_attention"

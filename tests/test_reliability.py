@@ -234,7 +234,7 @@ def test_pickled_weights_are_refused(tmp_path):
     state = AutoModelForCausalLM.from_pretrained(folder).state_dict()
     (folder / "model.safetensors").unlink()
     torch.save(state, folder / "pytorch_model.bin")
-    with pytest.raises(OSError, match="safetensors"):
+    with pytest.raises(UserError, match=r"holds pickled weights \(\.bin\) and no safetensors; amapo loads"):
         train(tmp_path / "out", "--model_name_or_path", str(folder), "--max_steps", "1", "--eval_datasets", "none")
 
 

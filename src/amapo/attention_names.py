@@ -1,6 +1,6 @@
-"""The attention kernels ``--attn_implementation`` takes (``amapo train`` and ``amapo eval``), checked before torch
-or a model loads: a misspelt name or a flash-attention build that is not installed is one line, not the traceback
-transformers raises while loading the model."""
+"""The attention kernels ``--attn_implementation`` takes (``amapo train`` and ``amapo eval``): a misspelt name is
+refused while the options are parsed, a flash-attention build that is not installed before a model loads; each is
+one line, not the traceback transformers raises while loading the model."""
 
 from __future__ import annotations
 
@@ -21,15 +21,19 @@ FLASH_ATTENTION_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3
 
 
 def check_attn_implementation(value: str | None) -> None:
-    """``value`` (None: transformers' default) names an attention kernel this environment can run."""
-    if value is None or value.startswith("paged|") or "/" in value:
+    """``value`` (None: transformers' default) names an attention kernel transformers has (option parsing: a recipe
+    for a GPU machine parses anywhere)."""
+    if value is None or value.startswith("paged|") or "/" in value or value in ATTENTION_IMPLEMENTATIONS:
         return
-    if value not in ATTENTION_IMPLEMENTATIONS:
-        raise UserError(
-            f"--attn_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)} or a Hub kernel "
-            f"(org/name), got {value!r}"
-        )
-    module = FLASH_ATTENTION_MODULES.get(value)
+    raise UserError(
+        f"--attn_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)} or a Hub kernel (org/name), "
+        f"got {value!r}"
+    )
+
+
+def check_attention_installed(value: str | None) -> None:
+    """The flash-attention build ``value`` names is installed here (before a model loads)."""
+    module = FLASH_ATTENTION_MODULES.get(value or "")
     if module and find_spec(module) is None:
         raise UserError(
             f"--attn_implementation {value} needs the {module} package (flash-attention, on a CUDA GPU), which is "

@@ -16,6 +16,11 @@ transformers' documented API does not cover everything a preference trainer need
 * ``TrainingArguments``' ``activation_checkpointing`` (the recipes' name; 5.23 renamed ``gradient_checkpointing``)
   and ``train_sampling_strategy`` (5.0 had only ``group_by_length``): why the oldest tested release is 5.23.
 * ``transformers.trainer_utils.PREFIX_CHECKPOINT_DIR``, copied as ``CHECKPOINT_PREFIX`` for the same reason.
+* ``transformers.integrations.integration_utils``' ``INTEGRATION_TO_CALLBACK`` and
+  ``get_available_reporting_integrations``: the ``--report_to`` names and which are installed, checked before the
+  model loads (``amapo.train.run.check_reporting``).
+* the attention names of ``ALL_ATTENTION_FUNCTIONS``, copied as ``amapo.attention_names.ATTENTION_IMPLEMENTATIONS``
+  so that ``--attn_implementation`` is checked without importing transformers.
 * the patched forward (``amapo.model.logps``) uses ``model.base_model(...).last_hidden_state``,
   ``get_output_embeddings()`` and ``config.get_text_config()``; it checks its own numbers on the first batch.
 

@@ -11,6 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from amapo.attention_names import check_attention_installed
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import true_reward
 from amapo.console import print_table
@@ -188,6 +189,7 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file: give a folder for the results")
     check_model_positions(model_path, limits["max_length"])
+    check_attention_installed(config.attn_implementation)
     tokenizer = load_tokenizer(model_path)
     roles = run_role_mapping(trained)
     data = {s.name: load_set(s, tokenizer, limits, mapping, note, roles) for s in sets}  # all checked before scoring

@@ -49,6 +49,12 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:  # no safetensors weights, not a causal LM, a config without model_type, ...
+        if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")) and any(Path(path).glob("*.bin")):
+            raise UserError(
+                f"{path}: holds pickled weights (.bin) and no safetensors; amapo loads safetensors only (a pickled "
+                "file can run code when loaded): convert them, e.g. AutoModelForCausalLM.from_pretrained(folder)"
+                ".save_pretrained(new_folder)"
+            ) from None
         raise UserError(f"{path}: not a causal language model transformers can load ({first_line(err)})") from None
     return model.to(device) if device else model
 

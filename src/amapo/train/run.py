@@ -12,6 +12,7 @@ import torch
 from transformers import AutoConfig, set_seed
 from transformers.trainer_callback import ProgressCallback
 
+from amapo.attention_names import check_attention_installed
 from amapo.builtin import resolve_source
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
 from amapo.data.collator import device_batches, row_length
@@ -253,7 +254,9 @@ def read_model_config(config: TrainConfig, model_path: str):
 
 
 def check_kernels(config: TrainConfig, model_config) -> None:
-    """The LM-head kernel and Liger's model kernels can run this model on this device (before anything loads)."""
+    """The attention, the LM-head kernel and Liger's model kernels can run this model on this device (before
+    anything loads)."""
+    check_attention_installed(config.attn_implementation)
     check_kernel(config.lm_head_kernel, LogitTransform.of(model_config), config.device)
     if config.use_liger_kernel:
         if importlib.util.find_spec("liger_kernel") is None:
