@@ -59,6 +59,17 @@ def load_model(
     return model.to(device) if device else model
 
 
+def load_model_config(path: str, *, trust_remote_code: bool = False, named: str | None = None):
+    """The transformers config of ``path`` (cheap: read before anything large loads); one that cannot be read is the
+    user's to fix, named as ``named`` (default: the path)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{named or path}: not a model transformers reads ({first_line(err)})") from None
+
+
 def first_line(err: Exception) -> str:
     """The first non-empty line of ``err``'s message (transformers' messages go on with generic advice)."""
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)

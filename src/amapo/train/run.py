@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, set_seed
+from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from amapo.attention_names import check_attention_installed
@@ -23,7 +23,7 @@ from amapo.errors import UserError
 from amapo.losses.stats import margin_statistics
 from amapo.model.layouts import layout_for
 from amapo.model.lm_head import LogitTransform, check_kernel
-from amapo.model.loading import check_positions, first_line, load_model, load_tokenizer
+from amapo.model.loading import check_positions, load_model, load_model_config, load_tokenizer
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
 from amapo.run_files import METRICS_FILE, RESULTS_FILE
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, SavedFileModesCallback
@@ -243,16 +243,6 @@ def check_reporting(config: TrainConfig) -> None:
             )
 
 
-def read_model_config(config: TrainConfig, model_path: str):
-    """The model's transformers config; a folder or Hub id transformers cannot read is the user's to fix."""
-    try:
-        return AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"--model_name_or_path {config.model_name_or_path}: not a model transformers reads ({first_line(err)})"
-        ) from None
-
-
 def check_kernels(config: TrainConfig, model_config) -> None:
     """The attention, the LM-head kernel and Liger's model kernels can run this model on this device (before
     anything loads)."""
@@ -282,7 +272,8 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     check_local_path("dataset", config.dataset, data=True)
     with config.main_process_first(desc="preparing built-in assets"):  # built once, then reused by the others
         model_path = resolve_source(config.model_name_or_path)
-    model_config = read_model_config(config, model_path)
+    named = f"--model_name_or_path {config.model_name_or_path}"
+    model_config = load_model_config(model_path, trust_remote_code=config.trust_remote_code, named=named)
     check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
     check_positions(config.max_length, model_config, config.model_name_or_path)
     check_kernels(config, model_config)
