@@ -216,3 +216,21 @@ def test_the_cli_latency_script_times_the_commands_it_names_and_reports_their_ex
     rows = [line for line in done.stdout.splitlines() if line.startswith("| `")]
     assert len(rows) == 1 and rows[0].startswith("| `amapo train --beta inf` |")
     assert "| 2 | amapo train: error: --beta must be a finite number, got inf |" in rows[0]
+
+
+def test_the_exit_stress_script_tells_an_abort_at_exit_from_a_run_that_failed():
+    """Its classification on the logs CI and this machine printed (benchmarks/distributed_exit.py)."""
+    from distributed_exit import outcome
+
+    summary = "│ train_loss               │  1.614 │\n"
+    abort = ("terminate called without an active exception\nFatal Python error: Aborted\n"
+             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
+             "  exitcode  : -15 (pid: 27491)  (SIGTERM)\n  traceback : Signal 15 (SIGTERM) received by PID 27491\n"
+             "  exitcode  : -6 (pid: 27492)  (SIGABRT)\n"
+             "  traceback : Signal 6 (SIGABRT) received by PID 27492\n")  # fmt: skip
+    run = lambda code, out, err: subprocess.CompletedProcess([], code, out, err)  # noqa: E731
+    assert outcome(run(0, summary, "")) == ("ok", "")
+    assert outcome(run(1, summary, abort)) == ("aborted", "terminate called without an active exception")
+    # the same signal before the run finished is a failure, as is an error line
+    assert outcome(run(1, "", abort))[0] == "failed"
+    assert outcome(run(1, "", "ValueError: bad\n")) == ("failed", "ValueError: bad")

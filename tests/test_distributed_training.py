@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import failure_message
 from safetensors.torch import load_file
 
 COMMON = (
@@ -32,12 +33,7 @@ def launch(out: Path, processes: int, *args: str) -> Path:
         [*command, *COMMON, "--output_dir", str(out), *args], env=env, capture_output=True, text=True, timeout=300
     )
     if result.returncode != 0:
-        (out.parent / "stderr.log").write_text(result.stderr)
-        causes = [line for line in result.stderr.splitlines() if "Error" in line or "what()" in line]
-        raise AssertionError(
-            f"{command[-1]} failed ({result.returncode}); full log {out.parent / 'stderr.log'}:\n"
-            + "\n".join(causes[:20])
-        )
+        raise AssertionError(failure_message(command[-1], result, out.parent / "stderr.log"))
     return out
 
 

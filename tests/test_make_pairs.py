@@ -12,6 +12,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from launching import failure_message, free_port
 
 import amapo.onpolicy.run as run_module
 from amapo.cli import main
@@ -205,9 +206,9 @@ def test_two_processes_give_the_file_of_one(tmp_path):
     two = tmp_path / "two.jsonl"
     env = {**os.environ, "AMAPO_CACHE": os.environ["AMAPO_CACHE"]}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-               "--main_process_port", "29517", "-m", "amapo.cli", *make_pairs_args(two)]  # fmt: skip
+               "--main_process_port", str(free_port()), "-m", "amapo.cli", *make_pairs_args(two)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure_message("amapo make-pairs", done, tmp_path / "two.log")
     assert two.read_text() == one.read_text()
 
 

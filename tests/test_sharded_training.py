@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launching import failure_message, free_port
 from safetensors.torch import load_file
 
 from amapo.recipes import ACCELERATE_DIR
@@ -40,12 +40,6 @@ def cpu_config(name: str, folder: Path, processes: int = 2) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def accelerate_launch(name: str, folder: Path, program: list[str] | None = None, args=TRAIN, processes=2) -> Path:
     out = folder / name
     program = program or ([str(TESTS / "fsdp_on_cpu.py")] if name == "fsdp" else ["-m", "amapo.cli"])
@@ -55,10 +49,7 @@ def accelerate_launch(name: str, folder: Path, program: list[str] | None = None,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        causes = [line for line in result.stderr.splitlines() if "Error" in line or "what()" in line]
-        log = folder / f"{name}.log"
-        log.write_text(result.stderr)
-        raise AssertionError(f"{name} failed ({result.returncode}); log {log}:\n" + "\n".join(causes[:20]))
+        raise AssertionError(failure_message(name, result, folder / f"{name}.log"))
     return out
 
 

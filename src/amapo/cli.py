@@ -35,16 +35,25 @@ def close_process_group(wait: bool) -> None:
     """Tear down torch.distributed before exit: a gloo group left open sometimes aborted the process at exit
     ("terminate called without an active exception") after a successful run.
 
-    ``wait``: first wait until every rank is done with the group (rank 0 may still be writing outputs). Nothing to
-    do if torch.distributed was never imported (importing it here, after a Ctrl-C cut torch's own import short,
-    crashed the process).
+    ``wait``: first wait until every rank is done with the group (rank 0 may still be writing outputs). On gloo
+    that wait is ``monitored_barrier``, not ``barrier``: a gloo barrier's work holds the collectives before it
+    (with tensors Python made) and is freed by gloo's worker thread just after the wait returns; when this process
+    exits at once, that free needs the GIL during interpreter shutdown and aborts the process (seen in CI; 3 of
+    40 two-process runs on a loaded machine, ``benchmarks/distributed_exit.py``; core dump: ~AsyncBarrierWork ->
+    decref_pyobject -> take_gil -> std::terminate). A monitored barrier's sends and receives hold only its own
+    tensors and are waited and freed on this thread.
+
+    Nothing to do if torch.distributed was never imported (importing it here, after a Ctrl-C cut torch's own
+    import short, crashed the process).
     """
     dist = sys.modules.get("torch.distributed")
     if dist is None:
         return
 
     if dist.is_available() and dist.is_initialized():
-        if wait:
+        if wait and dist.get_backend() == "gloo":
+            dist.monitored_barrier()
+        elif wait:
             dist.barrier()
         dist.destroy_process_group()
 
