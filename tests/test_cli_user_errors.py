@@ -324,11 +324,35 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
 
     process = subprocess.Popen([sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(tmp_path / "out")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(0.7)
+    # Ctrl-C once torch's library is mapped: mid-import, whatever the machine's load (a fixed delay is not)
+    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.005)
     process.send_signal(signal.SIGINT)
     err = process.communicate(timeout=120)[1]
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "amapo train: interrupted" and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_ctrl_c_that_a_library_swallows_still_stops_the_command(tmp_path):
+    """Code that catches BaseException (some libraries do, around optional imports) swallows the KeyboardInterrupt
+    of a Ctrl-C; amapo remembers the Ctrl-C and stops before the long work (seen in CI: a whole run, then exit 0)."""
+    script = (
+        "import os, signal, sys\n"
+        "import amapo.cli as cli\n"
+        "def swallowing_library():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    except BaseException:\n"
+        "        pass\n"
+        "cli.warn_if_untested_transformers = swallowing_library\n"
+        f"sys.exit(cli.main(['train', '--output_dir', {str(tmp_path / 'out')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "amapo train: interrupted"
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # stopped before training, not after it
 
 
 def test_transformers_outside_the_tested_range_is_one_warning_line(monkeypatch, capsys):
