@@ -336,8 +336,8 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
 
 
 def test_ctrl_c_that_a_library_swallows_still_stops_the_command(tmp_path):
-    """Code that catches BaseException (some libraries do, around optional imports) swallows the KeyboardInterrupt
-    of a Ctrl-C; amapo remembers the Ctrl-C and stops before the long work (seen in CI: a whole run, then exit 0)."""
+    """Code that catches BaseException swallows the KeyboardInterrupt of a Ctrl-C; amapo remembers the Ctrl-C and
+    stops before the long work (once seen on a loaded machine: a whole run, then exit 0)."""
     script = (
         "import os, signal, sys\n"
         "import amapo.cli as cli\n"

@@ -1,8 +1,9 @@
 """A Ctrl-C before training starts is remembered, so that code which swallows the KeyboardInterrupt cannot lose it.
 
 Python turns Ctrl-C into a KeyboardInterrupt wherever the main thread happens to be; code there that catches
-BaseException without re-raising (some libraries do, around optional imports) swallows it, and the run goes on to the
-end as if nothing was pressed (seen once in CI: SIGINT 0.7 s into ``amapo train``, then a whole run, exit 0).
+BaseException (or has a bare ``except:``) without re-raising swallows it, and the run goes on to the end as if
+nothing was pressed (seen once running the CI script on a loaded machine: SIGINT 0.7 s into ``amapo
+train``, then a whole run, exit 0).
 ``remembering_interrupts`` installs, for one command, a SIGINT handler that raises KeyboardInterrupt as Python's own
 does and also remembers it; ``raise_if_interrupted`` raises it again where amapo is about to start something long
 (a command's work once its options parse, training once the model and data are loaded). During training the
