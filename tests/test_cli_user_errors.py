@@ -322,9 +322,14 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
     import signal
     import time
 
+    def as_from_a_terminal():  # a shell runs `cmd &` with SIGINT ignored, and Python keeps an ignored SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     process = subprocess.Popen([sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(tmp_path / "out")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    # Ctrl-C once torch's library is mapped: mid-import, whatever the machine's load (a fixed delay is not)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_from_a_terminal)  # fmt: skip
+    # Ctrl-C once torch's library is mapped: mid-import whatever the machine's load (after a fixed delay, a slow
+    # start may not have reached Python's own SIGINT handler yet)
     maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None and "libtorch" not in maps.read_text():
         time.sleep(0.005)
@@ -333,26 +338,6 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "amapo train: interrupted" and "Traceback" not in err
     assert not (tmp_path / "out" / "model.safetensors").exists()
-
-
-def test_ctrl_c_that_a_library_swallows_still_stops_the_command(tmp_path):
-    """Code that catches BaseException swallows the KeyboardInterrupt of a Ctrl-C; amapo remembers the Ctrl-C and
-    stops before the long work (once seen on a loaded machine: a whole run, then exit 0)."""
-    script = (
-        "import os, signal, sys\n"
-        "import amapo.cli as cli\n"
-        "def swallowing_library():\n"
-        "    try:\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "    except BaseException:\n"
-        "        pass\n"
-        "cli.warn_if_untested_transformers = swallowing_library\n"
-        f"sys.exit(cli.main(['train', '--output_dir', {str(tmp_path / 'out')!r}]))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 130, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1] == "amapo train: interrupted"
-    assert not (tmp_path / "out" / "model.safetensors").exists()  # stopped before training, not after it
 
 
 def test_transformers_outside_the_tested_range_is_one_warning_line(monkeypatch, capsys):

@@ -19,7 +19,6 @@ import sys
 import traceback
 
 from amapo.errors import UserError
-from amapo.interrupts import raise_if_interrupted, remembering_interrupts
 
 COMMANDS = ("train", "eval", "analyze", "compare", "generate", "make-pairs")
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
@@ -63,9 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
     try:
-        with remembering_interrupts():
-            warn_if_untested_transformers()
-            return run_command(argv)
+        warn_if_untested_transformers()
+        return run_command(argv)
     except UserError as err:  # the user's to fix: one line, no traceback (a bug keeps its traceback)
         if debugging():
             traceback.print_exc()
@@ -118,7 +116,6 @@ def run_command(argv: list[str]) -> int:
         from amapo.train.reliability import TrainingFailed
         from amapo.train.run import TrainingInterrupted, run_training
 
-        raise_if_interrupted()
         try:
             run_training(config)
         except TrainingInterrupted as stop:
@@ -136,7 +133,6 @@ def run_command(argv: list[str]) -> int:
         config = parse_dataclass(EvalConfig, rest, "amapo eval", "Ranking accuracy of a model on preference sets.")
         from amapo.evaluation.run import run_eval
 
-        raise_if_interrupted()
         run_eval(config)
     elif command == "analyze":
         from amapo.evaluation.options import AnalyzeConfig
@@ -144,7 +140,6 @@ def run_command(argv: list[str]) -> int:
         config = parse_dataclass(AnalyzeConfig, rest, "amapo analyze", "Where each method's gradient goes.")
         from amapo.evaluation.analysis import run_analysis
 
-        raise_if_interrupted()
         run_analysis(config)
     elif command == "generate":
         from amapo.generation.options import GenerateConfig
@@ -155,7 +150,6 @@ def run_command(argv: list[str]) -> int:
         config = parse_dataclass(GenerateConfig, rest, "amapo generate", description)
         from amapo.generation.run import run_generate
 
-        raise_if_interrupted()
         run_generate(config)
     elif command == "make-pairs":
         from amapo.onpolicy.options import MakePairsConfig
@@ -164,7 +158,6 @@ def run_command(argv: list[str]) -> int:
         config = parse_dataclass(MakePairsConfig, rest, "amapo make-pairs", description)
         from amapo.onpolicy.run import run_make_pairs
 
-        raise_if_interrupted()
         run_make_pairs(config)
         close_process_group(wait=True)
     else:
@@ -173,7 +166,6 @@ def run_command(argv: list[str]) -> int:
         config = parse_dataclass(CompareConfig, rest, "amapo compare", "Train, evaluate and compare methods.")
         from amapo.compare.run import run_compare
 
-        raise_if_interrupted()
         run_compare(config)
     return 0
 

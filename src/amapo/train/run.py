@@ -20,7 +20,6 @@ from amapo.data.formats import NUMERIC_FIELDS
 from amapo.data.invalid import describe
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
-from amapo.interrupts import raise_if_interrupted
 from amapo.losses.stats import margin_statistics
 from amapo.model.layouts import layout_for
 from amapo.model.lm_head import LogitTransform, check_kernel
@@ -370,7 +369,6 @@ def train_in_folder(
     for callback in callbacks or ():
         trainer.add_callback(callback)
 
-    raise_if_interrupted()  # a Ctrl-C while loading that something swallowed
     eval_before = trainer.evaluate() if eval_datasets else {}
     interrupt.install()
     try:
