@@ -123,7 +123,7 @@ def test_rows_are_typed_from_every_row_not_the_first_batch(tmp_path):
         ("[]", r"^pairs\.json: the file has no rows \(an empty list\)$"),
         (
             '{\n  "version": 1,\n  "data": []\n}',
-            r"^pairs\.json: the file holds one JSON object \(keys 'version', 'data'\)",
+            r"^pairs\.json: the top level is an object with keys version, data, not rows: write the rows as a JSON",
         ),
     ],
     ids=["malformed", "bad UTF-8", "empty list", "one object"],

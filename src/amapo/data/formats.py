@@ -27,6 +27,8 @@ from amapo.data.caching import SOURCE_DIGEST
 from amapo.data.errors import DataError
 from amapo.data.invalid import drop_invalid_rows
 from amapo.data.pairs import MISSING, check_role_mapping, mixed_kinds, row_kind, standardize_pair
+from amapo.data.reading import rows_in, top_object_message
+from amapo.data.sources import separator_hint
 
 if TYPE_CHECKING:
     import datasets  # (type hints only: importing this module must stay light)
@@ -67,8 +69,14 @@ def _source_column(path: str, columns: list[str]) -> str:
     return path if path in columns else path.split(".")[0]
 
 
-def field_paths(columns: list[str], column_mapping: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """Standard (and mapped extra) field -> source path; ``prompt`` -> None means the prompt is implicit."""
+def field_paths(
+    columns: list[str], column_mapping: Mapping[str, str] | None = None, only_row: Mapping[str, Any] | None = None
+) -> dict[str, str | None]:
+    """Standard (and mapped extra) field -> source path; ``prompt`` -> None means the prompt is implicit.
+
+    Without a ``chosen`` or ``rejected`` column the message names the fix: --column_mapping, unless no mapping can
+    help: one column holding another separator (a CSV saved with ';' or tabs), or ``only_row`` (the dataset's row,
+    when it has one) holding a list of rows (a file whose top level is one object that wraps the rows)."""
     mapping = dict(column_mapping or {})
     for name, path in mapping.items():
         if not isinstance(path, str) or _source_column(path, columns) not in columns:
@@ -85,6 +93,11 @@ def field_paths(columns: list[str], column_mapping: Mapping[str, str] | None = N
     paths.update(mapping)
     for name in ("chosen", "rejected"):
         if paths[name] is None:
+            hint = separator_hint(columns)
+            if hint is None and only_row is not None and any(rows_in(value) for value in only_row.values()):
+                hint = top_object_message(dict(only_row))
+            if hint:
+                raise DataError(hint)
             raise DataError(
                 f"the dataset has no {name!r} column (columns: {columns}); "
                 f"name the source column with column_mapping={{{name!r}: ...}}",
@@ -115,7 +128,7 @@ def standardize_preference_dataset(
     if len(dataset) == 0:
         raise DataError("the dataset has no rows")
     columns = list(dataset.column_names)
-    paths = field_paths(columns, column_mapping)
+    paths = field_paths(columns, column_mapping, dataset[0] if len(dataset) == 1 else None)
     extras = {name: path for name, path in paths.items() if name not in STANDARD_FIELDS}
 
     def to_standard(row: dict[str, Any], index: int, code_version: str, kind: tuple[str, int] | None = None):

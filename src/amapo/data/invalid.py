@@ -41,7 +41,7 @@ def drop_invalid_rows(
 
     Other errors propagate. The dropped rows are counted per reason into ``dropped`` and logged once; the kept
     rows gain a ``row_index`` column with their index in ``dataset`` (unless they have one), so that messages
-    about them still name the source row. Dropping every row is an error.
+    about them still name the source row. Dropping every row is a DataError, naming the reasons.
     """
 
     def reason_of(row: dict, index: int, code_version: str) -> dict:
@@ -65,8 +65,12 @@ def drop_invalid_rows(
     if not counts:
         return dataset
     keep = [i for i, reason in enumerate(reasons) if not reason]
-    if not keep:
-        raise ValueError(f"every one of the {len(reasons)} rows is invalid ({stage}): {describe(counts)}")
+    if not keep:  # a DataError (a UserError): one line at the command line, and nothing loads after it
+        fix = "; raise --max_length" if any("truncation" in reason for reason in counts) else ""
+        raise DataError(
+            f"every one of the {len(reasons)} rows is invalid ({stage}): {describe(counts)}; nothing is left to use"
+            f"{fix} (without --drop_invalid_rows the first bad row is named with its whole reason)"
+        )
     logger.warning("dropped %d of %d rows (%s): %s", sum(counts.values()), len(reasons), stage, describe(counts))
     if ROW_INDEX not in dataset.column_names:
         dataset = dataset.add_column(ROW_INDEX, list(range(len(dataset))))

@@ -10,8 +10,8 @@ import datasets
 
 from amapo.data.formats import NUMERIC_FIELDS, standardize_preference_dataset
 from amapo.data.json_table import json_dataset
-from amapo.data.reading import is_json_file
-from amapo.data.sources import check_data_files, data_suffix
+from amapo.data.reading import DECOMPRESSION_ERRORS, DecompressionFailed, is_json_file
+from amapo.data.sources import COMPRESSION_SUFFIXES, check_data_files, data_suffix
 from amapo.errors import UserError
 
 # File suffix -> the ``datasets`` builder that reads it; compressed copies (".jsonl.gz") read the same way.
@@ -39,7 +39,7 @@ def load_raw_dataset(source: str, *, split: str = "train", dataset_config: str |
         if is_json_file(path):  # read ourselves: every problem names the file and line (amapo.data.reading)
             return select_split(json_dataset(path), split, path.name)
         check_data_files("", path)  # a known kind, readable, Parquet magic: one line, not the reader's trace
-        return datasets.load_dataset(BUILDER_BY_SUFFIX[data_suffix(path)], data_files=str(path), split=split)
+        return _load_file(path, split)
     if path.is_dir():
         if dataset_config is not None:
             raise UserError(f"--dataset_config {dataset_config} applies to Hub datasets, not to the folder {source}")
@@ -48,6 +48,35 @@ def load_raw_dataset(source: str, *, split: str = "train", dataset_config: str |
     if _looks_like_local_path(source):
         raise UserError(f"preference dataset {source} not found (looked for {path.absolute()})")
     return datasets.load_dataset(source, dataset_config, split=split)
+
+
+def _load_file(path: Path, split: str) -> datasets.Dataset:
+    """A local non-JSON (or zstd-compressed) file through its ``datasets`` builder; a compressed stream cut short or
+    corrupt is ``DecompressionFailed`` naming the file, not the builder's DatasetGenerationError."""
+    try:
+        return datasets.load_dataset(BUILDER_BY_SUFFIX[data_suffix(path)], data_files=str(path), split=split)
+    except Exception as err:
+        cause = _decompression_cause(err) if path.suffix.lower() in COMPRESSION_SUFFIXES else None
+        if cause is None:
+            raise
+        raise DecompressionFailed(path.name, cause) from None
+
+
+def _decompression_cause(err: BaseException) -> BaseException | None:
+    """The decompressor's error in the chain of ``err`` (zstandard's ZstdError where that package is installed)."""
+    errors = DECOMPRESSION_ERRORS
+    try:
+        import zstandard
+
+        errors = (*errors, zstandard.ZstdError)
+    except ImportError:
+        pass
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, errors) and not isinstance(seen, FileNotFoundError | PermissionError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def select_split(dataset: datasets.Dataset, split: str, name: str) -> datasets.Dataset:

@@ -38,14 +38,15 @@ def check_local_dataset(
     check_role_mapping(role_mapping)
     # first pass: the file parses and keeps one kind per column; the table's columns are every row's keys
     columns: dict[str, None] = {}
-    count = 0
+    count, first_row = 0, None
     for _, row in checked_rows(path):
         columns |= dict.fromkeys(row)
         count += 1
+        first_row = first_row or row
     if drop_invalid:
         return count
     try:
-        paths = field_paths(list(columns), column_mapping)
+        paths = field_paths(list(columns), column_mapping, first_row if count == 1 else None)
     except DataError as err:
         raise DataError(err.reason, field=err.field, where=path.name) from None
     first = None

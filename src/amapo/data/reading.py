@@ -8,7 +8,9 @@ rows ourselves gives ``pairs.jsonl:4: not valid JSON (...)`` and ``pairs.jsonl:1
 
 Accepted, as ``datasets`` accepts them: JSON Lines (one object per line; blank lines and a UTF-8 BOM skipped) in
 a ``.jsonl`` or ``.json`` file, a ``.json`` file holding one list of objects, or one object of equal-length
-columns (``{"prompt": [...], "chosen": [...], ...}``); gzip / bz2 / xz compressed copies of each.
+columns (``{"prompt": [...], "chosen": [...], ...}``); gzip / bz2 / xz compressed copies of each. A compressed
+stream cut short or corrupt is one line naming the file and the last line read (``DecompressionFailed``), not the
+decompressor's traceback (its first bytes were checked before: ``amapo.data.sources.check_compressed``).
 Needs neither torch nor ``datasets``: the CLI reads a dataset's rows with it before anything heavy loads.
 """
 
@@ -18,6 +20,7 @@ import bz2
 import gzip
 import json
 import lzma
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ from typing import Any
 from amapo.data.errors import DataError
 
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What gzip / bz2 / lzma (and zstandard, read by ``datasets``) raise on a stream cut short or corrupt: EOFError
+# (cut short), gzip.BadGzipFile and bz2's OSError (bad header or data), zlib.error (bad deflate data), LZMAError.
+DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError)
 JSON_SUFFIXES = (".json", ".jsonl")
 BOM = b"\xef\xbb\xbf"
 
@@ -79,9 +85,38 @@ def read_json_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     JSON Lines are read one line at a time (any size). A file holding one JSON document (a list of objects, or, in
     a .json file, one object of columns over several lines) is read whole; its rows carry the line each starts on
     (columns: line 1). An empty file, or one with only blank lines, is an error: training on nothing is never what
-    was meant.
+    was meant. A compressed file that cannot be decompressed raises ``DecompressionFailed``.
     """
     path = Path(path)
+    line = 0
+    try:
+        for line, row in _rows(path):
+            yield line, row
+    except DECOMPRESSION_ERRORS as err:
+        if path.suffix.lower() not in OPENERS:  # an uncompressed file's OSError is no stream's fault: as it is
+            raise
+        raise DecompressionFailed(path.name, err, line) from None
+
+
+class DecompressionFailed(DataError):
+    """A compressed file whose stream is cut short or corrupt, named with the last line read whole (0: none; None:
+    unknown, as when ``datasets`` read it)."""
+
+    def __init__(self, name: str, err: BaseException | str, line: int | None = None) -> None:
+        after = "" if line is None else f" after line {line}" if line else " before its first row"
+        reason = " ".join(str(err).split()) or type(err).__name__
+        super().__init__(
+            f"cannot be decompressed{after} ({reason}): the file is cut short or corrupt; copy or compress it again",
+            where=name,
+        )
+        self.parts = (name, reason, line)  # pickled by Dataset.map's workers: rebuilt from these
+
+    def __reduce__(self):
+        return (type(self), self.parts)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """``read_json_rows`` without the decompression check."""
     name, may_be_document = path.name, _json_suffix(path) == ".json"
     with _open_binary(path) as f:
         head = f.read(4096).removeprefix(BOM).lstrip()
@@ -128,17 +163,41 @@ def _document_rows(raw: bytes, name: str) -> Iterator[tuple[int, dict]]:
 
 
 def _column_rows(document: dict, name: str) -> list[dict]:
-    """Rows of ``{"column": [values], ...}`` (pandas' column layout, which ``datasets`` read too)."""
+    """Rows of ``{"column": [values], ...}`` (pandas' column layout, which ``datasets`` read too).
+
+    Not columns: an object whose values are not all lists of one length, or whose only value is a list of objects
+    (``{"data": [rows]}``: the rows one level down, a wrapper, not a column of one field)."""
     lengths = {key: len(value) for key, value in document.items() if isinstance(value, list)}
-    if not document or len(lengths) < len(document) or len(set(lengths.values())) != 1:
-        keys = ", ".join(repr(key) for key in list(document)[:8])
-        raise DataError(
-            f"the file holds one JSON object (keys {keys}), not rows; write the rows as a JSON list of objects or "
-            "one object per line (JSON Lines), or as columns: an object of lists of equal length",
-            where=name,
-        )
+    wrapper = len(document) == 1 and rows_in(next(iter(document.values()))) is not None
+    if not document or len(lengths) < len(document) or len(set(lengths.values())) != 1 or wrapper:
+        raise DataError(top_object_message(document), where=name)
     columns = list(document)
     return [dict(zip(columns, values, strict=True)) for values in zip(*document.values(), strict=True)]
+
+
+def rows_in(value: Any) -> int | None:
+    """The number of rows of ``value`` when it is a non-empty list of JSON objects (rows), else None."""
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return len(value)
+    return None
+
+
+def top_object_message(document: dict) -> str:
+    """Why a file whose top level is one object holds no rows, naming its keys and the key that holds the rows."""
+    keys = ", ".join(str(key) for key in list(document)[:8]) + (", ..." if len(document) > 8 else "")
+    if not document:
+        return "the top level is an empty object, not rows: write the rows as a JSON list of objects or as JSONL"
+    holders = {key: n for key, value in document.items() if (n := rows_in(value)) is not None}
+    if holders:
+        key = max(holders, key=holders.get)  # the longest list of objects: the rows
+        return (
+            f"the top level is an object with keys {keys}; its {key!r} holds a list of {holders[key]} rows: save that "
+            "list as the file (or as JSONL)"
+        )
+    return (
+        f"the top level is an object with keys {keys}, not rows: write the rows as a JSON list of objects or one "
+        "object per line (JSON Lines), or as columns: an object of lists of equal length"
+    )
 
 
 def _object_lines(text: str, count: int) -> list[int]:

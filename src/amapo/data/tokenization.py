@@ -19,6 +19,12 @@ rendered or pre-rendered, opens every user turn with BOS); BOS in a response, wh
 raises DataError (the text holds the BOS text, e.g. an HTML "<s>" under Llama's tokenizer). Then
 ``truncation``.
 
+A pair whose two responses are the same tokens after truncation (the ids the loss reads) raises DataError naming
+the row (dropped and counted with ``drop_invalid``), as identical texts do (``amapo.data.pairs``): its margin is 0
+whatever the model, so it teaches nothing and would leave train_loss at the loss's value at margin 0. Responses
+that share a long start get there when ``--max_length`` keeps only that start; texts that differ only in what the
+tokenizer normalizes away get there without truncation.
+
 ``rendering="handbook"`` instead builds the token sequences of AMaPO's and SimPO's released trainers
 (alignment-handbook's rendering, their BOS / EOS and truncation rules): ``amapo.data.handbook``.
 """
@@ -162,7 +168,35 @@ def _truncate(
     if rendering == "amapo":
         limits.update(bos_token_id=tokenizer.bos_token_id, row=row)
     truncate = handbook.truncate_pair if rendering == "handbook" else truncate_pair
-    return truncate(ids["prompt_input_ids"], ids["chosen_input_ids"], ids["rejected_input_ids"], **limits)
+    out = truncate(ids["prompt_input_ids"], ids["chosen_input_ids"], ids["rejected_input_ids"], **limits)
+    check_responses_differ(out, ids, row, max_length, max_prompt_length)
+    return out
+
+
+def check_responses_differ(out: dict, ids: dict, row: int | None, max_length: int, max_prompt_length: int) -> None:
+    """DataError naming the row when the truncated pair ``out`` (from ``ids``) holds the same response tokens twice,
+    saying what made them so: the truncation (how many tokens it kept, after which prompt), or the tokenizer."""
+    if out["chosen_input_ids"] != out["rejected_input_ids"]:
+        return
+    if not (out["chosen_truncated"] or out["rejected_truncated"]):
+        raise DataError(
+            "tokenizes to the same tokens as chosen (the texts differ only in what the tokenizer normalizes away)",
+            row,
+            "rejected",
+        )
+    kept, prompt = len(out["chosen_input_ids"]), len(out["prompt_input_ids"])
+    if out["prompt_truncated"]:
+        prompt_note = f"the prompt cut to {prompt} tokens by --max_prompt_length {max_prompt_length}"
+    else:
+        prompt_note = f"a {prompt}-token prompt"
+    longer = max(len(ids["chosen_input_ids"]), len(ids["rejected_input_ids"]))
+    raise DataError(
+        f"identical to chosen after truncation (--max_length {max_length} keeps the first {kept} of up to {longer} "
+        f"tokens of each response, after {prompt_note}, and both responses start with those {kept}); raise "
+        "--max_length so that they differ (or, in training, pass --drop_invalid_rows true to drop such rows)",
+        row,
+        "rejected",
+    )
 
 
 def tokenize_dataset(
@@ -183,8 +217,8 @@ def tokenize_dataset(
     passthrough columns (e.g. ``offset``, ``ref_chosen_logps``) kept. Logs one warning when the seam fallback
     was needed; prints one line to stderr (``truncation_report``) when truncation cut anything, naming the dataset
     as ``name`` (the counts of a result: ``truncation_counts``, from its ``*_truncated`` columns). With
-    ``drop_invalid``, rows that cannot be tokenized (e.g. a response emptied by truncation) are dropped and counted
-    per reason into ``dropped``.
+    ``drop_invalid``, rows that cannot be tokenized (e.g. a response emptied by truncation, or both responses
+    truncated to the same tokens) are dropped and counted per reason into ``dropped``.
     """
     check_truncation_options(max_length, max_prompt_length, truncation_mode)
     check_rendering(rendering)
