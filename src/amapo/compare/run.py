@@ -31,7 +31,8 @@ from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_set, 
 from amapo.evaluation.sets import LoadedSet, given_sets, load_set, token_limits
 from amapo.losses import build_loss
 from amapo.model.generate import generate_responses
-from amapo.model.loading import load_model, load_tokenizer
+from amapo.model.loading import check_weights, load_model, load_tokenizer
+from amapo.output_folder import check_writable_folder
 from amapo.train.options import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args
 from amapo.train.preflight import dataset_sources
@@ -78,12 +79,14 @@ def run_tag(method: str, beta: float | None) -> str:
 
 
 def check_compare(config: CompareConfig):
-    """Before the first run trains: every (method, beta) run's options parse as ``amapo train`` would, the recipe's
-    model and data paths exist, and the analysis and generation sets are eval sets of the recipe. Returns the
-    parsed options of the last run checked (what the runs share: model, data, token limits)."""
+    """Before the first run trains: the output folder can be written, every (method, beta) run's options parse as
+    ``amapo train`` would, the recipe's model and data paths exist (its models' weights whole), and the analysis and
+    generation sets are eval sets of the recipe. Returns the parsed options of the last run checked (what the runs
+    share: model, data, token limits)."""
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file: give a folder for the report and its runs")
+    check_writable_folder(output_dir, "--output_dir")
     try:
         load_recipe(config.recipe)
     except UserError as err:
@@ -104,6 +107,9 @@ def check_compare(config: CompareConfig):
             check_local_path(option, getattr(train_config, option))
         for option, source in dataset_sources(train_config):
             check_local_path(option, source, data=True)
+        for option in ("model_name_or_path", "ref_model_name_or_path"):  # headers only, before the base is scored
+            if source := getattr(train_config, option):
+                check_weights(resolve_source(source), named=f"{option} {source}")
     except UserError as err:
         raise UserError(f"--recipe {config.recipe}: {err}") from None
     sets = sorted(parse_named_set(entry)[0] for entry in train_config.eval_datasets)
@@ -266,6 +272,15 @@ def shared_inputs(config: CompareConfig, train_config) -> dict:
     }
 
 
+def check_training_rows(config: CompareConfig, train_config) -> None:
+    """The training split read and tokenized as every run will (``prepare_split``), so that a row no run can train
+    on (one truncated to the same tokens as its pair, say) is one line before the base model is loaded and scored,
+    not after; each run tokenizes it again for itself."""
+    tokenizer = load_tokenizer(resolve_source(train_config.model_name_or_path))
+    needs_offsets = any(build_loss(m).needs_offsets for m in config.methods)
+    prepare_split(train_config.dataset, train_config.train_split, tokenizer, train_config, needs_offsets)
+
+
 _WORKER: dict = {}  # a worker process's shared inputs, read on its first run
 
 
@@ -314,6 +329,7 @@ def run_compare(config: CompareConfig, console: Console | None = None) -> Path:
     console = console or Console()
     train_config = check_compare(config)
     shared = shared_inputs(config, train_config)
+    check_training_rows(config, train_config)  # a bad training row is one line before the base model loads
     base = score_base(train_config, shared["tokenized"])
     output_dir = Path(config.output_dir)
     betas: list[float | None] = list(config.beta_sweep) or [None]

@@ -19,8 +19,10 @@ from amapo.evaluation.options import AnalyzeConfig
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights
 from amapo.evaluation.run import (
     check_model_positions,
+    check_model_weights,
     load_models,
     loss_for_model,
+    output_folder,
     print_metric_table,
     reference_source,
     say,
@@ -36,7 +38,10 @@ from amapo.evaluation.sets import (
     token_limits,
 )
 from amapo.model.loading import load_tokenizer
+from amapo.output_folder import check_no_previous_results, check_writable_folder, remove_previous_results
 from amapo.run_files import accuracy_by_set
+
+RESULT_FILES = ("analysis.json", "gradient_weights.png", "accuracy_over_steps.png")  # what run_analysis writes
 
 
 def accuracy_curves_from_metrics(metrics_file: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -52,7 +57,8 @@ def accuracy_curves_from_metrics(metrics_file: Path) -> dict[str, tuple[np.ndarr
 
 
 def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[str, dict[str, float]]:
-    """Gradient indicators of every method on the same log-probs. As ``amapo eval``: options, paths, methods and
+    """Gradient indicators of every method on the same log-probs. As ``amapo eval``: options, paths, methods, the
+    output folder (writable, and without earlier results unless ``overwrite_output_dir``), the models' weights and
     the set (loaded and tokenized) are checked before the model loads; the output folder is made at the end."""
     console = console or Console()
     check_model_path("model_name_or_path", config.model_name_or_path)
@@ -70,7 +76,12 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
         say(console, f"amapo analyze: using {note}")
     limits = token_limits(trained, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     model_path = resolve_source(config.model_name_or_path)
+    output_dir = output_folder(config.output_dir, config.model_name_or_path, model_path, "analysis")
+    check_writable_folder(output_dir, "--output_dir")
+    if not config.overwrite_output_dir:
+        check_no_previous_results(output_dir, RESULT_FILES, "analyze")
     check_model_positions(model_path, limits["max_length"])
+    check_model_weights(config.model_name_or_path, ref_source)
     tokenizer = load_tokenizer(model_path)
     loaded = load_set(pairs_set, tokenizer, limits, mapping, note, run_role_mapping(trained))
     if loaded.pairs is None:  # the gradient of a pair loss needs pairs
@@ -89,8 +100,9 @@ def run_analysis(config: AnalyzeConfig, console: Console | None = None) -> dict[
         scores = score_with_loss(logps, loss_fn, config.batch_size)
         results[method] = {"accuracy": scores.accuracy(), **scores.gradient_indicators()}
         points[method] = (scores.scores, scores.grad_weights)
-    output_dir = Path(config.output_dir or Path(model_path) / "analysis")
     output_dir.mkdir(parents=True, exist_ok=True)
+    if config.overwrite_output_dir:  # the earlier results go only now that this run's are ready
+        remove_previous_results(output_dir, RESULT_FILES)
     dataset = f"{pairs_set.name}={pairs_set.source}@{pairs_set.split}"
     (output_dir / "analysis.json").write_text(json.dumps({"dataset": dataset, "methods": results}, indent=2))
     plot_gradient_weights(points, output_dir / "gradient_weights.png")

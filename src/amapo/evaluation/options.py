@@ -7,12 +7,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import yaml
+
 from amapo.attention_names import check_attn_implementation
 from amapo.data.sources import parse_named_set
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_method, check_number
 from amapo.options_json import parse_json_mapping
+from amapo.recipes import recipe_path
+
+BUILTIN_MODEL = "builtin:tiny-llama"
+# What the built-in model brings to eval, analyze and generate, as it brings its options to `amapo train`: recipe
+# builtin's method (whose reward ranks pairs), beta, token limits and held-out sets. Its training data stays out.
+BUILTIN_MODEL_OPTIONS = ("model_name_or_path", "method", "beta", "max_length", "max_prompt_length", "eval_datasets")
+BUILTIN_ANALYSIS_SET = "in_distribution"  # as `amapo compare` analyzes the built-in task
+
+
+def builtin_model_options() -> dict:
+    """The options recipe ``builtin`` gives the built-in model (``BUILTIN_MODEL_OPTIONS``)."""
+    recipe = yaml.safe_load(recipe_path("builtin").read_text())
+    return {key: recipe[key] for key in BUILTIN_MODEL_OPTIONS if key in recipe}
+
+
+OVERWRITE_HELP = "Replace the results of an earlier run in output_dir (without it, such a folder is refused)."
 
 
 @dataclass
@@ -52,7 +70,10 @@ class EvalConfig:
     max_generations: int = field(default=256, metadata={"help": "Prompts to answer per set."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens per generated answer."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where results go (default: MODEL/eval)."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where results go (default: MODEL/eval; ./tiny-llama/eval for the built-in)."}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     attn_implementation: str | None = field(
         default=None,
@@ -91,7 +112,13 @@ DEFAULT_METHODS = ["dpo", "simpo", "amapo", "amapo-released"]
 @dataclass
 class AnalyzeConfig:
     model_name_or_path: str = field(metadata={"help": "A checkpoint or `amapo train` output folder."})
-    dataset: str = field(metadata={"help": "Pairs to analyze: 'SOURCE', 'SOURCE@SPLIT' or 'NAME=SOURCE@SPLIT'."})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pairs to analyze: 'SOURCE', 'SOURCE@SPLIT' or 'NAME=SOURCE@SPLIT'. Needed, except for "
+            f"{BUILTIN_MODEL}, whose default is its held-out {BUILTIN_ANALYSIS_SET} set (recipe builtin)."
+        },
+    )
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={"help": "Methods to compare."})
     ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference (default: initial policy)."})
     batch_size: int = field(default=32, metadata={"help": "Pairs per batch (AMaPO's statistics batch)."})
@@ -101,10 +128,18 @@ class AnalyzeConfig:
         default=None,
         metadata={"help": "JSON column mapping, as for training. Default: the training run's; '{}' for none."},
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Default: MODEL/analysis."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Default: MODEL/analysis; ./tiny-llama/analysis for the built-in model."}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self) -> None:
         """Every option that can be checked alone, as a ``UserError`` naming it (before anything loads)."""
+        if self.dataset is None and self.model_name_or_path == BUILTIN_MODEL:
+            sets = builtin_model_options().get("eval_datasets", [])
+            self.dataset = next(e for e in sets if parse_named_set(e)[0] == BUILTIN_ANALYSIS_SET)
+        if self.dataset is None:  # as argparse says it of a required option
+            raise UserError("the following arguments are required: --dataset (see `amapo analyze --help`)")
         if not self.methods:
             raise UserError(f"--methods needs at least one method, e.g. --methods {' '.join(DEFAULT_METHODS)}")
         for method in self.methods:

@@ -19,7 +19,7 @@ from amapo.data.sources import looks_local
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_data_path, check_method, check_model_path
 from amapo.evaluation.generation import write_alpacaeval
-from amapo.evaluation.options import EvalConfig
+from amapo.evaluation.options import BUILTIN_MODEL, EvalConfig, builtin_model_options
 from amapo.evaluation.plots import plot_margin_histograms
 from amapo.evaluation.response_sets import RM_BENCH, RM_BENCH_DOMAINS, RM_BENCH_STYLES, ResponseSet
 from amapo.evaluation.scoring import PairScores, score_set
@@ -35,15 +35,25 @@ from amapo.evaluation.sets import (
 )
 from amapo.losses import PreferenceLoss, build_loss, loss_spec
 from amapo.model.generate import generate_responses
-from amapo.model.loading import best_device, check_positions, load_model, load_tokenizer
+from amapo.model.loading import best_device, check_positions, check_weights, load_model, load_tokenizer
+from amapo.output_folder import (
+    check_no_previous_results,
+    check_writable_folder,
+    remove_previous_results,
+)
 from amapo.run_files import CONFIG_FILE
 
 RESULTS_FILE = "eval_results.json"
+RESULT_FILES = (RESULTS_FILE, "reward_margins.png", "scores_*.jsonl", "alpacaeval_*.json")  # what run_eval writes
 __all__ = ["EvalConfig", "run_eval"]
 
 
 def trained_config(model_dir: str) -> dict[str, Any]:
-    """The resolved config an ``amapo train`` run saved beside its model, or {} for other models."""
+    """The resolved config an ``amapo train`` run saved beside its model, the options recipe ``builtin`` gives the
+    built-in model (``builtin_model_options``: it is scored as `amapo train` would train it), or {} for other
+    models."""
+    if model_dir == BUILTIN_MODEL:
+        return builtin_model_options()
     path = Path(model_dir).expanduser() / CONFIG_FILE
     if not path.is_file():
         return {}
@@ -109,6 +119,21 @@ def check_model_positions(model_path: str, max_length: int) -> None:
     check_positions(max_length, model_config, model_path)
 
 
+def check_model_weights(model: str, ref_source: str | None) -> None:
+    """The weights of the model and its reference are whole (headers only: cheap), before anything is tokenized."""
+    check_weights(resolve_source(model), named=f"--model_name_or_path {model}")
+    if ref_source is not None:
+        check_weights(resolve_source(ref_source), named=f"the reference model {ref_source}")
+
+
+def output_folder(given: str | None, model: str, model_path: str, name: str) -> Path:
+    """``--output_dir``, else ``name`` in the model's folder; the built-in model's folder is amapo's cache, not
+    the user's, so its results go to ./tiny-llama/``name`` as a Hub id's go to ./ORG/MODEL/``name``."""
+    if given:
+        return Path(given).expanduser()
+    return Path(model.removeprefix("builtin:") if is_builtin(model) else model_path) / name
+
+
 def load_models(model_path: str, ref_source: str | None, attn_implementation: str | None = None):
     """(model, reference or None) on the best device, with ``attn_implementation`` (None: transformers' default)."""
     device = best_device()
@@ -150,18 +175,20 @@ def eval_sets(config: EvalConfig, trained: dict[str, Any], console: Console) -> 
         )
         raise UserError(f"no eval sets: pass --datasets NAME=SOURCE[@SPLIT] ..., e.g. --datasets {SET_EXAMPLE}; {why}")
     names = ", ".join(f"{s.name}={s.source}@{s.split}" for s in sets)
-    say(console, f"amapo eval: no --datasets given: using the eval sets of the run ({sets[0].origin}): {names}")
+    whose = "the built-in model" if config.model_name_or_path == BUILTIN_MODEL else "the run"
+    say(console, f"amapo eval: no --datasets given: using the eval sets of {whose} ({sets[0].origin}): {names}")
     return sets
 
 
 def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, dict[str, float]]:
     """Per eval set: ranking accuracy, reward-margin distribution, gradient indicators (and generations).
 
-    Everything that can fail on the user's input fails first: options, paths, the method, then every set loaded
-    and tokenized (the tokenizer is cheap) before the model loads; the output folder is made only when the results
-    are ready. Writes ``eval_results.json``, ``reward_margins.png`` (pairs sets), ``scores_<set>.jsonl`` (each
-    response's reward, sets of several responses per prompt) and, with ``generate``, ``alpacaeval_<set>.json``.
-    """
+    Everything that can fail on the user's input fails first: options, paths, the method, the output folder (that it
+    can be written; not made), the models' weights (their headers), then every set loaded and tokenized (the
+    tokenizer is cheap), and a folder that holds earlier results (unless ``overwrite_output_dir``), before the model
+    loads; the output folder is made only when the results are ready. Writes ``eval_results.json``,
+    ``reward_margins.png`` (pairs sets), ``scores_<set>.jsonl`` (each response's reward, sets of several responses
+    per prompt) and, with ``generate``, ``alpacaeval_<set>.json`` (``RESULT_FILES``)."""
     console = console or Console()
     check_model_path("model_name_or_path", config.model_name_or_path)
     check_model_path("ref_model_name_or_path", config.ref_model_name_or_path)
@@ -185,14 +212,18 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
         chat_rendering=config.chat_rendering,
     )
     model_path = resolve_source(config.model_name_or_path)
-    output_dir = Path(config.output_dir or Path(model_path) / "eval")
+    output_dir = output_folder(config.output_dir, config.model_name_or_path, model_path, "eval")
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file: give a folder for the results")
+    check_writable_folder(output_dir, "--output_dir")
     check_model_positions(model_path, limits["max_length"])
+    check_model_weights(config.model_name_or_path, ref_source)
     check_attention_installed(config.attn_implementation)
     tokenizer = load_tokenizer(model_path)
     roles = run_role_mapping(trained)
     data = {s.name: load_set(s, tokenizer, limits, mapping, note, roles) for s in sets}  # all checked before scoring
+    if not config.overwrite_output_dir:  # (after the sets: a mistake in them is the first thing to fix)
+        check_no_previous_results(output_dir, RESULT_FILES, "eval")
 
     model, ref_model = load_models(model_path, ref_source, config.attn_implementation)
     results: dict[str, dict[str, float]] = {}
@@ -219,6 +250,8 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict[str, di
             results[eval_set.name].update(metrics)
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    if config.overwrite_output_dir:  # the earlier results go only now that this run's are ready
+        remove_previous_results(output_dir, RESULT_FILES)
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     for name, scores in per_response.items():
         write_response_scores(output_dir / f"scores_{name}.jsonl", data[name].responses, scores)

@@ -16,7 +16,7 @@ from typing import Any
 
 import datasets
 
-from amapo.builtin import resolve_source
+from amapo.builtin import is_builtin, resolve_source
 from amapo.data import tokenize_dataset
 from amapo.data.errors import DataError
 from amapo.data.formats import standardize_preference_dataset
@@ -124,8 +124,9 @@ def given_sets(option: str, entries: list[str]) -> list[EvalSet]:
 
 def run_sets(trained: dict[str, Any], model: str) -> list[EvalSet]:
     """The sets an ``amapo train`` run evaluated on, named as training names them (``amapo.train.run.eval_splits``):
-    ``eval_split`` of its ``dataset`` as "eval", then its ``eval_datasets``; loaded with its ``dataset_config``."""
-    origin = f"{model.rstrip('/')}/{CONFIG_FILE}"
+    ``eval_split`` of its ``dataset`` as "eval", then its ``eval_datasets``; loaded with its ``dataset_config``.
+    The built-in model's are those of recipe builtin (``trained`` holds its options)."""
+    origin = "recipe builtin" if is_builtin(model) else f"{model.rstrip('/')}/{CONFIG_FILE}"
     config = trained.get("dataset_config")
     sets = []
     if trained.get("eval_split") and trained.get("dataset"):

@@ -40,7 +40,8 @@ class GenerateConfig:
         default=None,
         metadata={
             "help": "Answer file. Default: MODEL/eval/BENCHMARK/MODEL_ID.jsonl (model_outputs.json for AlpacaEval) "
-            "for a local model, ./eval/BENCHMARK/... for a Hub id. Existing answers in it are kept and skipped."
+            "for a local model, ./eval/BENCHMARK/... for a Hub id or builtin:tiny-llama. Existing answers in it are "
+            "kept and skipped."
         },
     )
     model_id: str | None = field(
@@ -54,7 +55,8 @@ class GenerateConfig:
         metadata={
             "help": "Tokens per answer (per turn). Default: 4096 for AlpacaEval (the AMaPO release's Llama-3 "
             "configs) and Arena-Hard (its gen_answer_config.yaml), 1024 for MT-Bench (FastChat's "
-            "gen_model_answer.py)."
+            "gen_model_answer.py); for builtin:tiny-llama, the answer length of its recipe (max_length - "
+            "max_prompt_length)."
         },
     )
     temperature: float | None = field(

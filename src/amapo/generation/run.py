@@ -20,6 +20,7 @@ from amapo.console import progress_bar
 from amapo.data.chat import read_chat_template
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_model_path
+from amapo.evaluation.options import BUILTIN_MODEL, builtin_model_options
 from amapo.generation.answers import AnswerFile
 from amapo.generation.formats import answer_row
 from amapo.generation.judges import judge_steps
@@ -37,6 +38,8 @@ from amapo.generation.settings import (
     template_hash,
     write_settings,
 )
+from amapo.model.loading import check_weights
+from amapo.output_folder import check_writable_folder
 from amapo.seeds import SAMPLER
 
 
@@ -75,15 +78,18 @@ def default_model_id(name: str, model_path: str) -> str:
 
 
 def answer_path(config: GenerateConfig, model_path: str, model_id: str, benchmark: str) -> Path:
+    """``--output``, else the benchmark's file in the model's folder (the current folder for a Hub id, and for the
+    built-in model, whose folder is amapo's cache); its folder is checked to be writable, not made."""
     if config.output:
         output = Path(config.output).expanduser()
     else:
         local = Path(model_path).expanduser()
-        folder = local if local.is_dir() else Path(".")
+        folder = local if local.is_dir() and not is_builtin(config.model_name_or_path) else Path(".")
         name = "model_outputs.json" if benchmark == "alpaca-eval" else f"{model_id}.jsonl"
         output = folder / "eval" / benchmark / name
     if output.is_dir():
         raise UserError(f"--output {output} is a folder: give the answer file's path")
+    check_writable_folder(output.parent, "--output", given=output)
     return output
 
 
@@ -198,8 +204,13 @@ def make_plan(config: GenerateConfig, console: Console) -> Plan:
     check_model_path("model_name_or_path", config.model_name_or_path)
     questions = read_question_set(config)
     schema = questions.schema
-    sampling = resolve_sampling(schema.benchmark, config.temperature, config.top_p, config.max_new_tokens, config.seed)
+    max_new_tokens = config.max_new_tokens
+    if max_new_tokens is None and config.model_name_or_path == BUILTIN_MODEL:  # its answers fit its recipe's limits
+        limits = builtin_model_options()
+        max_new_tokens = limits["max_length"] - limits["max_prompt_length"]
+    sampling = resolve_sampling(schema.benchmark, config.temperature, config.top_p, max_new_tokens, config.seed)
     model_path = resolve_source(config.model_name_or_path)
+    check_weights(model_path, named=f"--model_name_or_path {config.model_name_or_path}")
     model_id = config.model_id or default_model_id(config.model_name_or_path, model_path)
     output = answer_path(config, model_path, model_id, schema.benchmark)
     tokenizer = open_tokenizer(model_path, config)

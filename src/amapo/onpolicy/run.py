@@ -8,10 +8,11 @@ Three phases, each resumable (``amapo.onpolicy.shards``):
 3. select and merge: the highest-scoring answer chosen, the lowest rejected (``selection``), one JSON Lines file
    that ``amapo train`` reads, written whole; then the shards are removed.
 
-Everything the user can get wrong is checked before the policy loads: the options, the prompts (every row), the
-policy's tokenizer and chat template, the reward (its config, outputs and template, without its weights), and an
-existing output's settings. Under ``accelerate launch`` every process takes every N-th prompt (its share), writes
-its own shards, and the first process merges them once all are done.
+Everything the user can get wrong is checked before the policy loads: the options, the output's folder (writable),
+the prompts (every row), the policy's tokenizer and chat template, the reward (its config, outputs and template),
+the safetensors headers of both models (a truncated file), and an existing output's settings. Under
+``accelerate launch`` every process takes every N-th prompt (its share), writes its own shards, and the first
+process merges them once all are done.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from amapo.builtin import resolve_source
+from amapo.builtin import is_builtin, resolve_source
 from amapo.console import progress_bar
 from amapo.errors import UserError
 from amapo.evaluation.checks import check_model_path
@@ -42,6 +43,7 @@ from amapo.onpolicy.sampling import (
 )
 from amapo.onpolicy.selection import is_valid_text, select_pairs
 from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
+from amapo.output_folder import check_writable_folder
 from amapo.seeds import SAMPLER
 
 
@@ -123,22 +125,26 @@ def check_settings(output: Path, settings: dict) -> bool:
 
 def run_make_pairs(config: MakePairsConfig, console: Console | None = None) -> Path:
     """Sample, score, select (module docstring); returns the pairs file."""
-    from amapo.model.loading import load_tokenizer
+    from amapo.model.loading import check_weights, load_tokenizer
 
     console = console or Console()
     ranks = Ranks.from_environment()
     check_model_path("model_name_or_path", config.model_name_or_path)
+    output = Path(config.output).expanduser()
+    check_writable_folder(output.parent, "--output", given=output)
     reward_description = check_reward(config.reward_spec())
+    if not is_builtin(config.reward):  # a reward model's weights: headers only, before the policy loads
+        check_weights(resolve_source(config.reward), named=f"--reward {config.reward}")
     prompts = read_prompts(config.prompts, config.prompts_split, prompt_format=config.prompt_format,
                            max_prompts=config.max_prompts)  # fmt: skip
     policy_path = resolve_source(config.model_name_or_path)
+    check_weights(policy_path, named=f"--model_name_or_path {config.model_name_or_path}")
     tokenizer = load_tokenizer(policy_path, chat_template=config.chat_template)
     if prompts.conversational and not tokenizer.chat_template:
         raise UserError(
             f"the prompts of {config.prompts} are conversations and the policy {config.model_name_or_path} has no chat "
             "template to render them: pass --chat_template (Jinja text or a .jinja file)"
         )
-    output = Path(config.output).expanduser()
     engine = choose_engine(config.engine)
     # vLLM under accelerate launch: this process's own GPU (refused now if it has none, before anything loads)
     own_gpu = (

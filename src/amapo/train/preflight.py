@@ -23,17 +23,20 @@ def dataset_sources(options: TrainOptions) -> list[tuple[str, str]]:
 
 
 def check_before_loading(options: TrainOptions) -> None:
-    """The output folder can take this run, paths exist, and local JSON/JSONL datasets parse and pass the row
-    checks (first error first)."""
+    """The output folder can take this run, paths exist, local models' weights are whole, and local JSON/JSONL
+    datasets parse and pass the row checks (first error first)."""
     from amapo.data.chat import is_jinja_text
     from amapo.data.formats import NUMERIC_FIELDS
     from amapo.data.precheck import check_local_dataset
+    from amapo.model.loading import check_weights
     from amapo.train.run_folder import check_output_dir
 
     check_output_dir(Path(options.output_dir), options.overwrite_output_dir, options.resume_from_checkpoint)
 
     for option in ("model_name_or_path", "ref_model_name_or_path"):
         check_local_path(option, getattr(options, option))
+        if getattr(options, option) and not is_builtin(getattr(options, option)):  # headers only: cheap
+            check_weights(getattr(options, option), named=f"--{option} {getattr(options, option)}")
     template = options.chat_template
     if template and not is_jinja_text(template) and not Path(template).expanduser().is_file():
         raise UserError(f"--chat_template: {template} is neither Jinja text nor an existing file")
