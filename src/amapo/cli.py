@@ -9,19 +9,43 @@
                                                             on-policy pairs: K answers per prompt, best vs worst
 
 Each command prints every option with its default under --help. A mistake of yours (an option, a file, a row) is
-one line, `amapo <command>: error: ...`, with exit status 2; AMAPO_DEBUG=1 shows its traceback too.
+one line, `amapo <command>: error: ...`, with exit status 2; AMAPO_DEBUG=1 shows its traceback too. A full disk
+is one line too, `amapo <command>: stopped: ...`, exit 1; Ctrl-C and SIGTERM before or after training are one line,
+exit 130 and 143 (during training they save a checkpoint first).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from amapo.errors import UserError
 
 COMMANDS = ("train", "eval", "analyze", "compare", "generate", "make-pairs")
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM outside training (while importing, loading, evaluating or saving), raised as Ctrl-C raises
+    KeyboardInterrupt. A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+def stop_on_sigterm(handler_pid: int):
+    """A SIGTERM handler that raises ``Terminated`` in the process ``handler_pid``; a forked child (a datasets or
+    DataLoader worker, which a pool ends with SIGTERM) still ends at once, as SIGTERM's default would end it."""
+
+    def handle(signum, frame):
+        if os.getpid() != handler_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    return handle
 
 
 def parse_dataclass(cls, argv: list[str], prog: str, description: str):
@@ -61,6 +85,12 @@ def close_process_group(wait: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
+    # SIGTERM as Ctrl-C: one line, not a silent death (training installs its own handlers, then restores this one);
+    # an ignored SIGTERM, or one an embedding program handles, is left as it is
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, stop_on_sigterm(os.getpid()))
     try:
         warn_if_untested_transformers()
         return run_command(argv)
@@ -76,6 +106,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amapo {command}: interrupted", file=sys.stderr)
         close_process_group(wait=False)
         return INTERRUPTED
+    except Terminated:
+        if debugging():
+            traceback.print_exc()
+        print(f"amapo {command}: terminated", file=sys.stderr)
+        close_process_group(wait=False)
+        return TERMINATED
+    except Exception as err:
+        from amapo.disk_space import described, free_bytes, in_words, out_of_space
+
+        code = out_of_space(err)
+        if code is None:  # a bug: its traceback
+            raise
+        if debugging():
+            traceback.print_exc()
+        where = getattr(err, "filename", None)
+        free = f" ({in_words(free_bytes(where))} free there)" if where else ""
+        print(f"amapo {command}: stopped: {described(code)}{f' writing {where}' if where else ''}{free}: free space "
+              "or write to another folder, and run the command again", file=sys.stderr)  # fmt: skip
+        close_process_group(wait=False)
+        return 1
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def debugging() -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -92,7 +93,10 @@ def recipe_defaults(argv: list[str]) -> tuple[dict, str | None]:
         return load_recipe(known.config), f"recipe {recipe_path(known.config)}"
     no_data = known.dataset is None or known.dataset.startswith("builtin:")
     if known.model_name_or_path is None and no_data and not asks_help:  # (help shows the defaults of your runs)
-        print(f"amapo: no --config, --model_name_or_path or --dataset: running the built-in recipe '{BUILTIN_RECIPE}'")
+        # once per run, not once per process of a launcher; flushed, so no forked worker inherits it unwritten
+        if os.environ.get("RANK", "0") == "0":
+            print(f"amapo: no --config, --model_name_or_path or --dataset: running the built-in recipe "
+                  f"'{BUILTIN_RECIPE}'", flush=True)  # fmt: skip
         return load_recipe(BUILTIN_RECIPE), f"recipe {BUILTIN_RECIPE}"
     if known.model_name_or_path == BUILTIN_MODEL:
         recipe = load_recipe(BUILTIN_RECIPE)

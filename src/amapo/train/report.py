@@ -1,10 +1,11 @@
 """What a run leaves for people: the resolved config, a model card, weights others can read, and a summary table
-in the terminal (whole, also when piped)."""
+in the terminal (whole, also when piped), with one warning line on stderr if the run degraded its model."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,8 @@ def write_model_card(config: TrainConfig, result: TrainResult, output_dir: Path)
         ]
         lines += [f"| {name} | {_fmt(before)} | {_fmt(after)} |" for name, before, after in rows]
         lines.append("")
+    if result.health is not None and result.health.degraded:
+        lines += ["## Warning: training degraded this model", "", *[f"- {r}" for r in result.health.reasons], ""]
     lines += [
         "## Use",
         "",
@@ -141,6 +144,8 @@ def print_summary(config: TrainConfig, result: TrainResult, console: Console | N
             change = "-" if before is None else f"{after - before:+.3f}"
             acc.add_row(name, _fmt(before), _fmt(after), change)
         print_table(acc, console)
+    if result.health is not None and result.health.degraded:  # last, so it is the line the run ends with
+        print(f"amapo: {result.health.warning(config.learning_rate)}", file=sys.stderr, flush=True)
 
 
 def current_umask() -> int:

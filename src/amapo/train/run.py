@@ -28,20 +28,29 @@ from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence
 from amapo.run_files import METRICS_FILE, RESULTS_FILE
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, SavedFileModesCallback
 from amapo.train.config import TrainConfig
+from amapo.train.fingerprint import data_record
+from amapo.train.health import check_health
 from amapo.train.precision import check_trained_weights, check_weight_dtype
 from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
     EngineSkipCallback,
+    FinalSave,
     InterruptCallback,
     NonFiniteGuard,
     NonFiniteStepError,
     NonFiniteStopCallback,
+    ResumeNote,
+    SaveSizes,
+    check_free_space,
     last_complete_checkpoint,
+    saves_a_checkpoint,
+    stop_if_out_of_space,
+    tied_weights_not_reported_missing,
 )
 from amapo.train.report import fix_saved_file_modes, print_summary, write_model_card, write_resolved_config
 from amapo.train.results import TrainResult
-from amapo.train.run_folder import RunLock, check_output_dir, check_resumable, remove_previous_run
+from amapo.train.run_folder import RunLock, check_output_dir, check_resumable, check_resumed_data, remove_previous_run
 from amapo.train.trainer import PreferenceTrainer, RowIndexCollator
 
 logger = logging.getLogger(__name__)
@@ -219,6 +228,20 @@ def whole_run_loss(trainer: PreferenceTrainer, checkpoint: str | None, session_l
     return {"train_loss": loss} | ({"train_loss_since_resume": session_loss} if checkpoint is not None else {})
 
 
+def planned_steps(config: TrainConfig, pairs: int) -> int:
+    """Optimizer steps of a run bounded by epochs, at least (the Trainer's count, without its rounding up)."""
+    per_step = config.per_device_train_batch_size * config.world_size * config.gradient_accumulation_steps
+    return int(pairs * config.num_train_epochs // per_step)
+
+
+def last_good(output_dir: Path) -> str:
+    """Which checkpoint a run stopped early can go on from, in words."""
+    last = last_complete_checkpoint(output_dir)
+    if last is None:
+        return "No checkpoint was saved."
+    return f"Last good checkpoint: {last}"
+
+
 def check_reporting(config: TrainConfig) -> None:
     """Each ``--report_to`` integration is one transformers knows and its package is installed (the Trainer would
     raise a traceback only once the model is loaded)."""
@@ -307,10 +330,12 @@ def train_in_folder(
     loss_fn = config.build_loss(gather=gather)  # built once, with the pairs its statistics pool over
     layout = batch_layout(config, model_config)
     logger.info("batch layout: %s", layout)
-    train_dataset = shuffled(
-        prepare_split(config.dataset, config.train_split, tokenizer, config, loss_fn.needs_offsets, layout=layout),
-        config.dataset_shuffle_seed,
-    )
+    needs_offsets = loss_fn.needs_offsets
+    train_split = prepare_split(config.dataset, config.train_split, tokenizer, config, needs_offsets, layout=layout)
+    trained_on = data_record(train_split, config.dataset, config.train_split)
+    if checkpoint is not None:  # the same rows as the checkpoint's, before the model loads
+        check_resumed_data(Path(checkpoint), trained_on, warn=config.process_index == 0)
+    train_dataset = shuffled(train_split, config.dataset_shuffle_seed)
     eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets, layout)
 
     model = load_model(model_path, **config.model_options())
@@ -319,6 +344,9 @@ def train_in_folder(
     if config.use_peft:
         model = apply_lora(model, config)
     check_trained_weights(model, config)
+    sizes = SaveSizes.of(model, config.optim, config.save_only_model)
+    total = config.max_steps if config.max_steps > 0 else planned_steps(config, len(train_dataset))
+    check_free_space(output_dir, sizes, checkpoints=saves_a_checkpoint(config, total, resumed=checkpoint))
 
     extra_columns = ["offset"] if loss_fn.needs_offsets else []
     has_ref_columns = all(c in train_dataset.column_names for c in REFERENCE_COLUMNS)
@@ -351,6 +379,7 @@ def train_in_folder(
         lm_head_chunk_size=config.lm_head_chunk_size,
         lm_head_kernel=config.lm_head_kernel,
         ref_model=ref_model,
+        data_record=trained_on,
         nonfinite_guard=(guard := NonFiniteGuard(config.max_nonfinite_steps, output_dir / NONFINITE_FILE)),
     )
     if trainer.pop_callback(ProgressCallback) is not None:
@@ -360,6 +389,7 @@ def train_in_folder(
     checkpoint_state = CheckpointStateCallback(trainer.loss_fn)
     trainer.add_callback(checkpoint_state)
     checkpoint_state.restore(checkpoint)
+    trainer.add_callback(ResumeNote(checkpoint))
     trainer.run_loss.load(checkpoint)
     if trainer.is_deepspeed_enabled:  # DeepSpeed skips non-finite steps itself, before the guard's wrap
         trainer.add_callback(EngineSkipCallback(guard, engine=lambda: trainer.model_wrapped))
@@ -372,7 +402,11 @@ def train_in_folder(
     eval_before = trainer.evaluate() if eval_datasets else {}
     interrupt.install()
     try:
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        with tied_weights_not_reported_missing(model):
+            train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as err:  # a full disk: one line, the incomplete checkpoint removed
+        stop_if_out_of_space(err, output_dir, trainer.state.global_step, sizes, main=trainer.args.should_save)
+        raise
     finally:
         interrupt.restore()
     if interrupt.signal_received is not None:
@@ -380,20 +414,24 @@ def train_in_folder(
     if guard.tripped:
         raise NonFiniteStepError(
             f"{guard.consecutive} optimizer steps in a row had a non-finite loss or gradient (rows in "
-            f"{output_dir / NONFINITE_FILE}); stopped without saving a final model. Last good checkpoint: "
-            f"{last_complete_checkpoint(output_dir)}"
+            f"{output_dir / NONFINITE_FILE}); stopped without saving a final model. {last_good(output_dir)}"
         )
     guard.check_some_step_taken()
     eval_after = trainer.evaluate() if eval_datasets else {}
     metrics = {**train_output.metrics, "global_step": train_output.global_step}
     metrics |= whole_run_loss(trainer, checkpoint, train_output.metrics.get("train_loss"))
-    result = TrainResult(output_dir, metrics, eval_before, eval_after)
-    trainer.save_model(str(output_dir))
+    sizes_of_sets = {name: len(dataset) for name, dataset in eval_datasets.items()}
+    health = check_health(eval_before, eval_after, sizes_of_sets, trainer.state.log_history)
+    result = TrainResult(output_dir, metrics, eval_before, eval_after, health)
+    with FinalSave(output_dir, sizes, main=trainer.is_world_process_zero()):
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero():
+            fix_saved_file_modes(output_dir)  # safetensors writes weights 0600 through a temp file
+            write_resolved_config(config, output_dir)
+            summary = {"train": result.train_metrics, "eval_before": eval_before, "eval_after": eval_after,
+                       "health": health.as_dict()}  # fmt: skip
+            (output_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
+            write_model_card(config, result, output_dir)
     if trainer.is_world_process_zero():
-        fix_saved_file_modes(output_dir)  # safetensors writes weights 0600 through a temp file
-        write_resolved_config(config, output_dir)
-        summary = {"train": result.train_metrics, "eval_before": eval_before, "eval_after": eval_after}
-        (output_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
-        write_model_card(config, result, output_dir)
         print_summary(config, result)
     return result

@@ -1,5 +1,6 @@
 """One run per output folder: a lock while a run writes there, ``--overwrite_output_dir`` that removes the previous
-run before the new one starts, and a resume only from a checkpoint written with this run's options.
+run before the new one starts, and a resume only from a checkpoint written with this run's options, trained on
+this run's data.
 
 Without these, two runs on one folder both finished with interleaved metrics, and an overwritten folder kept the
 old run's metrics and checkpoints, which a later ``--resume_from_checkpoint last`` then silently resumed.
@@ -24,7 +25,9 @@ import yaml
 
 from amapo.errors import UserError
 from amapo.hf_internals import CHECKPOINT_PREFIX
+from amapo.output_folder import check_writable_folder
 from amapo.run_files import CONFIG_FILE, checkpoint_folders
+from amapo.train.fingerprint import read_data_record
 from amapo.train.report import resolved_config
 
 if TYPE_CHECKING:
@@ -292,6 +295,17 @@ def remove_previous_run(output_dir: Path) -> list[str]:
     return names
 
 
+# The run files the final save does not write: checkpoints, the logs, TensorBoard's and later commands' reports.
+NOT_FINAL_MODEL = (f"{CHECKPOINT_PREFIX}-*", "metrics.jsonl", "nonfinite_steps.jsonl", "runs", "eval", "analysis")
+
+
+def final_model_files(output_dir: Path) -> list[Path]:
+    """The final model's files in ``output_dir``: what a run's final save writes there (weights, model and tokenizer
+    files, ``training_args.bin``, amapo's config and results, the model card), i.e. ``RUN_FILES`` less
+    ``NOT_FINAL_MODEL``. A failed final save removes these (``train.reliability.FinalSave``)."""
+    return [p for p in previous_run_files(output_dir) if not any(fnmatch.fnmatch(p.name, x) for x in NOT_FINAL_MODEL)]
+
+
 # --- resuming ---------------------------------------------------------------------------------------------------
 
 
@@ -321,6 +335,28 @@ def check_resumable(checkpoint: Path, config: TrainConfig, warn: bool = True) ->
         )
 
 
+def check_resumed_data(checkpoint: Path, trained_on: dict, warn: bool = True) -> None:
+    """Refuse to resume ``checkpoint`` on training rows other than its own: the same ``--dataset`` whose content
+    changed would make one run of two datasets. ``trained_on`` is this run's ``fingerprint.data_record``, compared
+    with the one the checkpoint recorded (``DATA_FILE``); a checkpoint from before amapo recorded it resumes with a
+    note. Called once the split is tokenized (the fingerprint needs its rows) and before the model loads."""
+    saved = read_data_record(checkpoint)
+    if saved is None:
+        if warn:
+            note(f"{checkpoint} has no record of its training data (an older checkpoint): resuming without checking "
+                 "that the data is the same")  # fmt: skip
+        return
+    if saved["sha256"] != trained_on["sha256"]:
+        source = f"{saved.get('dataset', trained_on['dataset'])}@{saved.get('split', trained_on['split'])}"
+        rows = trained_on["rows"]
+        rows = "" if saved.get("rows") == rows else f", {saved.get('rows')} rows then, {rows} now"
+        raise UserError(
+            f"{checkpoint} was trained on other data: {source} changed since (fingerprint {saved['sha256'][:12]} != "
+            f"{trained_on['sha256'][:12]}{rows}): resume with the data it was trained on, or start over with "
+            "--overwrite_output_dir true"
+        )
+
+
 def check_output_dir(output_dir: Path, overwrite: bool, resume: str | None) -> None:
     """The folder either holds no run, or the options say what to do with it (start over, or resume)."""
     if resume in ("", "false", "False"):
@@ -333,6 +369,7 @@ def check_output_dir(output_dir: Path, overwrite: bool, resume: str | None) -> N
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a folder: choose another --output_dir (the file "
                         "is left as it is)")  # fmt: skip
+    check_writable_folder(output_dir, "--output_dir")  # (not created here: a refused run leaves no folder)
     if resume is None and not overwrite and holds_a_run(output_dir):
         ways = ["choose another --output_dir"]
         if any(complete for *_, complete in checkpoint_folders(output_dir)):  # only a hint that works in this state

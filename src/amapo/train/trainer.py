@@ -20,6 +20,7 @@ from amapo.hf_internals import CHECKPOINT_PREFIX, check_trainer_hooks
 from amapo.losses import LossOutput, PreferenceInputs, PreferenceLoss
 from amapo.losses.stats import StepStatistics
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
+from amapo.train.fingerprint import write_data_record
 from amapo.train.reliability import NonFiniteGuard, mark_checkpoint_complete, rotate_checkpoints
 from amapo.train.report import write_resolved_config
 
@@ -74,12 +75,14 @@ class PreferenceTrainer(Trainer):
         lm_head_kernel: str = "chunked",
         ref_model: torch.nn.Module | None = None,
         nonfinite_guard: NonFiniteGuard | None = None,
+        data_record: dict | None = None,
         **kwargs,
     ):
         """``loss_fn`` comes built with its ``gather`` (``margin_statistics``); ``step_statistics`` is that gather's
         source when the statistics span the optimizer step (the trainer fills it before each step);
         ``lm_head_chunk_size``: tokens per LM-head chunk (0: 128 MiB of fp32 logits); ``lm_head_kernel``: chunked,
-        compiled or liger (``amapo.model.lm_head``)."""
+        compiled or liger (``amapo.model.lm_head``); ``data_record``: the training rows' fingerprint, written into
+        each checkpoint (``amapo.train.fingerprint``)."""
         self.nonfinite_guard = nonfinite_guard  # before super().__init__, which may create the optimizer
         if kwargs.get("model") is not None:  # before the Trainer wraps it (DDP, FSDP, DeepSpeed)
             enable_response_logps(kwargs["model"], lm_head_chunk_size, lm_head_kernel)
@@ -94,6 +97,7 @@ class PreferenceTrainer(Trainer):
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self._metrics = {"train": MetricStore(), "eval": MetricStore()}
         self.run_loss = RunLoss(self.args.device)
+        self.data_record = data_record
 
     def steps_taken(self) -> int:
         """Optimizer steps taken in this session (skipped non-finite ones not counted)."""
@@ -216,6 +220,7 @@ class PreferenceTrainer(Trainer):
         if self.args.should_save:
             folder = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}-{self.state.global_step}"
             write_resolved_config(self.args, folder)  # a resume checks its options against this run's
+            write_data_record(folder, self.data_record)  # ... and its training rows (``fingerprint``)
             steps_taken = self.run_loss.restored_steps + self.steps_taken()
             self.run_loss.save(folder, run_loss_total, steps_taken)
             mark_checkpoint_complete(folder, self.loss_fn)
