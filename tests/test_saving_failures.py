@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import amapo.train.run
@@ -207,6 +209,12 @@ def test_a_full_disk_during_the_final_save_leaves_a_folder_that_resumes(tmp_path
     assert "resume it with --resume_from_checkpoint last" in stderr_lines(capsys)[-1]
     assert amapo_train(out, *run, "--resume_from_checkpoint", "last") == 0
     assert {"model.safetensors", "config.json", "results.json", "README.md"} <= names(out)
+    # only the save is redone: the final model is checkpoint-3's, not a step 4 past --max_steps 3
+    assert names(out) >= {"checkpoint-3"} and "checkpoint-4" not in names(out)
+    results = json.loads((out / "results.json").read_text())["train"]
+    assert results["global_step"] == 3 and "train_loss_since_resume" not in results
+    saved, final = load_file(out / "checkpoint-3" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)
 
 
 def test_a_run_whose_saves_cannot_fit_is_refused_before_training(tmp_path, monkeypatch, capsys):

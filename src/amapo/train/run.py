@@ -225,7 +225,8 @@ def whole_run_loss(trainer: PreferenceTrainer, checkpoint: str | None, session_l
     loss = trainer.run_loss.mean(trainer.accelerator, trainer.steps_taken())
     if loss is None:
         return {}
-    return {"train_loss": loss} | ({"train_loss_since_resume": session_loss} if checkpoint is not None else {})
+    resumed_and_trained = checkpoint is not None and trainer.steps_taken() > 0  # (none: the run was at its end)
+    return {"train_loss": loss} | ({"train_loss_since_resume": session_loss} if resumed_and_trained else {})
 
 
 def planned_steps(config: TrainConfig, pairs: int) -> int:

@@ -113,7 +113,14 @@ class PreferenceTrainer(Trainer):
         return optimizer
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Fetch the step's micro-batches; for statistics over the optimizer step, score all of them first."""
+        """Fetch the step's micro-batches; for statistics over the optimizer step, score all of them first.
+
+        None once the run has taken its last step: transformers' loop asks for max_steps only after a step, so a
+        run resumed from the checkpoint of its own last step (what a failed final save leaves) trained one step
+        more than it was given (step N+1 of N, transformers 5.23-5.25); it now takes none and saves again."""
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return [], None
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.step_statistics is not None and batch_samples:
             values = self.step_statistic_values(batch_samples)
