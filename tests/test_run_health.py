@@ -11,7 +11,7 @@ import datasets
 from amapo.builtin import resolve_source
 from amapo.cli import main
 from amapo.train.fingerprint import DATA_FILE, data_fingerprint
-from amapo.train.health import check_health
+from amapo.train.health import Health, check_health
 
 SETS = ("in_distribution", "prompt_ood", "response_ood", "mutual_ood")
 
@@ -115,13 +115,19 @@ def test_a_learning_rate_that_destroys_the_model_ends_with_one_warning_line(tmp_
     assert "over the 4 eval sets (most on " in warnings[0] and "the gradient norm was 0 at the last training log" in \
         warnings[0]  # fmt: skip
     assert warnings[0].endswith(
-        "Likely cause: --learning_rate 1e+06 is too high for this model: try 10-100x lower (10000 to 100000). The "
-        "model was saved; results.json records this under health"
+        "Likely cause: --learning_rate 1e+06 is far too high: Adam moves each weight by about that much per step; "
+        "the paper's recipes use 3e-7 to 1e-6 for 7-8B models, the built-in task 1e-3. The model was saved; "
+        "results.json records this under health"
     )
     health = json.loads((out / "results.json").read_text())["health"]
     assert health["verdict"] == "degraded" and len(health["reasons"]) == 2
     assert (out / "model.safetensors").exists()  # a warning, not a failure: the model is there to inspect
     assert "## Warning: training degraded this model" in (out / "README.md").read_text()
+
+
+def test_a_learning_rate_below_adams_scale_is_advised_10_to_100x_lower():
+    line = Health("degraded", ["accuracy fell"]).warning(3e-3)
+    assert "Likely cause: --learning_rate 0.003 is too high for this model: try 10-100x lower (3e-05 to 0.0003)" in line
 
 
 def test_a_destroyed_model_is_found_without_eval_sets(tmp_path, capsys):

@@ -43,6 +43,9 @@ SOME_LOSS = 1e-2
 HUGE_LOSS = 1e4
 
 
+ADAM_SCALE = 0.1  # a learning rate at which Adam's steps are as large as typical weights
+
+
 @dataclass
 class Health:
     """The verdict: ``ok``, ``degraded`` (``reasons`` say why, with numbers), or ``unchecked`` (no eval sets and no
@@ -60,12 +63,20 @@ class Health:
         return {"verdict": self.verdict, "reasons": self.reasons, "checked": self.checked}
 
     def warning(self, learning_rate: float) -> str:
-        """The one line a degraded run ends with."""
-        low, high = learning_rate / 100, learning_rate / 10
+        """The one line a degraded run ends with. Above ``ADAM_SCALE`` "10-100x lower" would still be no learning
+        rate at all (Adam moves each weight by about the learning rate per step), so the line gives the range
+        recipes use instead."""
+        if learning_rate >= ADAM_SCALE:
+            advice = (
+                "is far too high: Adam moves each weight by about that much per step; the paper's recipes use 3e-7 "
+                "to 1e-6 for 7-8B models, the built-in task 1e-3"
+            )
+        else:
+            low, high = learning_rate / 100, learning_rate / 10
+            advice = f"is too high for this model: try 10-100x lower ({low:g} to {high:g})"
         return (
             f"warning: training degraded the model: {'; '.join(self.reasons)}. Likely cause: --learning_rate "
-            f"{learning_rate:g} is too high for this model: try 10-100x lower ({low:g} to {high:g}). The model was "
-            "saved; results.json records this under health"
+            f"{learning_rate:g} {advice}. The model was saved; results.json records this under health"
         )
 
 
