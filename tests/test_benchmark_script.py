@@ -218,6 +218,15 @@ def test_the_cli_latency_script_times_the_commands_it_names_and_reports_their_ex
     assert "| 2 | amapo train: error: --beta must be a finite number, got inf |" in rows[0]
 
 
+def test_the_cli_latency_script_makes_the_files_its_mistakes_need():
+    script = str(SCRIPT.parent / "cli_latency.py")
+    done = subprocess.run([sys.executable, script, "--runs", "1", "--only=same-after-truncation"],
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1
+    assert "| 2 | amapo train: error: row 0, field 'rejected': identical to chosen after trunc" in rows[0]
+
+
 def test_the_exit_stress_script_tells_an_abort_at_exit_from_a_run_that_failed():
     """Its classification on the logs CI and this machine printed (benchmarks/distributed_exit.py)."""
     from distributed_exit import outcome
