@@ -24,6 +24,7 @@ from amapo.evaluation.analysis import AnalyzeConfig
 from amapo.evaluation.run import EvalConfig, print_eval_table
 from amapo.train.callbacks import SavedFileModesCallback
 from amapo.train.report import CONFIG_FILE, fix_saved_file_modes, print_summary, steps_trained
+from amapo.train.results import TrainResult
 
 SETS = ["a=builtin:reverse/in_distribution@train[:8]", "b=builtin:reverse/prompt_ood@train[:8]"]
 
@@ -266,8 +267,7 @@ def test_train_summary_is_not_cut_when_piped():
     metrics = {"train_loss": 0.6931, "train_runtime": 12.5, "train_samples_per_second": 40.2}
     evals = {"eval_mutual_out_of_distribution_rewards/accuracies": 0.75}
     before = {"eval_mutual_out_of_distribution_rewards/accuracies": 0.5}
-    result = SimpleNamespace(output_dir=Path("/runs/a/long/output/folder/amapo-no-zero-margin-seed1"),
-                             train_metrics=metrics, eval_before=before, eval_after=evals)  # fmt: skip
+    result = TrainResult(Path("/runs/a/long/output/folder/amapo-no-zero-margin-seed1"), metrics, before, evals)
     print_summary(config, result, console)
     text = buffer.getvalue()
     for whole in (f"amapo train: {config.method} on {config.dataset}", str(result.output_dir),

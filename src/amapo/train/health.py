@@ -41,8 +41,6 @@ WINDOW = 3  # training logs at the end of the run that must all show a collapse 
 ZERO_GRAD = 1e-8
 SOME_LOSS = 1e-2
 HUGE_LOSS = 1e4
-
-
 ADAM_SCALE = 0.1  # a learning rate at which Adam's steps are as large as typical weights
 
 
