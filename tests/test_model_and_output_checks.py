@@ -296,6 +296,23 @@ def test_analyze_refuses_a_folder_with_results_unless_told_to_overwrite(tmp_path
         main([*argv, "--overwrite_output_dir", "true"])
 
 
+def test_compare_refuses_a_folder_with_a_report_unless_told_to_overwrite(tmp_path, capsys, monkeypatch):
+    import amapo.compare.run
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("# amapo compare\n")
+    argv = ["compare", "--methods", "amapo", "--seeds", "1", "--output_dir", str(out)]
+    assert main(argv) == 2
+    assert error_line(capsys, "compare") == (
+        f"--output_dir {out} already holds the results of an earlier `amapo compare` (report.md): choose another "
+        "--output_dir, or pass --overwrite_output_dir true to replace them"
+    )
+    monkeypatch.setattr(amapo.compare.run, "shared_inputs", lambda *_: pytest.fail("past the check"))
+    with pytest.raises(pytest.fail.Exception, match="past the check"):
+        main([*argv, "--overwrite_output_dir", "true"])
+
+
 # --- the built-in model brings its options to every command --------------------------------------------------------
 
 

@@ -50,6 +50,13 @@ class CompareConfig:
         default_factory=list, metadata={"help": "Betas to sweep (sweep mode: each method x beta x seed)."}
     )
     output_dir: str = field(default="reports/compare", metadata={"help": "Report folder; runs go in runs/."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the report of an earlier comparison in output_dir (without it, such a folder is "
+            "refused before anything trains)."
+        },
+    )
     max_steps: int = field(default=-1, metadata={"help": "Training budget per run in steps (-1: the recipe's)."})
     eval_steps: int = field(default=128, metadata={"help": "Evaluate every N steps (accuracy curves)."})
     eval_pairs: int = field(

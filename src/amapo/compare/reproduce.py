@@ -76,13 +76,13 @@ def read_provenance(folder: Path) -> dict:
 
 def compare_args(config) -> list[str]:
     """A ``CompareConfig``'s options as ``amapo compare`` flags (all but methods, seeds, confirmation seeds and
-    output_dir: what one run of it needs)."""
+    the output folder: what one run of it needs)."""
     from dataclasses import fields
 
     args = []
     for f in fields(config):
         value = getattr(config, f.name)
-        if f.name in ("methods", "seeds", "confirm_seeds", "output_dir") or value == []:
+        if f.name in ("methods", "seeds", "confirm_seeds", "output_dir", "overwrite_output_dir") or value == []:
             continue
         if isinstance(value, list):
             args += [f"--{f.name}", *map(str, value)]

@@ -21,7 +21,7 @@ from rich.console import Console
 from amapo.builtin import is_builtin, resolve_source
 from amapo.builtin.task import TaskSpec, true_reward
 from amapo.compare.config import RUNS_FILE, CompareConfig, RunResult, write_runs
-from amapo.compare.report import write_report
+from amapo.compare.report import REPORT_FILE, write_report
 from amapo.data import load_preference_dataset
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
@@ -32,7 +32,7 @@ from amapo.evaluation.sets import LoadedSet, given_sets, load_set, token_limits
 from amapo.losses import build_loss
 from amapo.model.generate import generate_responses
 from amapo.model.loading import check_weights, load_model, load_tokenizer
-from amapo.output_folder import check_writable_folder
+from amapo.output_folder import check_no_previous_results, check_writable_folder
 from amapo.train.options import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args
 from amapo.train.preflight import dataset_sources
@@ -87,6 +87,8 @@ def check_compare(config: CompareConfig):
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file: give a folder for the report and its runs")
     check_writable_folder(output_dir, "--output_dir")
+    if not config.overwrite_output_dir:  # hours of runs are not replaced by a command repeated by mistake
+        check_no_previous_results(output_dir, (REPORT_FILE, RUNS_FILE), "compare")
     try:
         load_recipe(config.recipe)
     except UserError as err:
