@@ -166,6 +166,12 @@ def test_resume_refuses_a_checkpoint_of_other_options(old_run):
     )
 
 
+def test_resume_names_an_unset_option_in_words(old_run):
+    with pytest.raises(UserError) as refused:
+        train(old_run, "--data_seed", "7", "--resume_from_checkpoint", "last")
+    assert "was written with data_seed=unset; this run has data_seed=7: " in str(refused.value)
+
+
 def test_resume_allows_other_logging_and_a_longer_run(old_run):
     train(old_run, "--logging_steps", "1", "--max_steps", "3", "--resume_from_checkpoint", "last", *CHECKPOINTS)
     assert last_complete_checkpoint(old_run) == old_run / "checkpoint-3"

@@ -327,12 +327,17 @@ def check_resumable(checkpoint: Path, config: TrainConfig, warn: bool = True) ->
         if saved[key] != current[key] and not any(fnmatch.fnmatch(key, p) for p in RESUME_MAY_CHANGE)
     ]
     if changed:
-        before = ", ".join(f"{key}={saved[key]!r}" for key in changed)
-        now = ", ".join(f"{key}={current[key]!r}" for key in changed)
+        before = ", ".join(f"{key}={option_value(saved[key])}" for key in changed)
+        now = ", ".join(f"{key}={option_value(current[key])}" for key in changed)
         raise UserError(
             f"{checkpoint} was written with {before}; this run has {now}: resume with the same options, or start "
             "over with --overwrite_output_dir true"
         )
+
+
+def option_value(value) -> str:
+    """An option's value as a message shows it: an unset option as "unset", not Python's None."""
+    return "unset" if value is None else repr(value)
 
 
 def check_resumed_data(checkpoint: Path, trained_on: dict, warn: bool = True) -> None:
