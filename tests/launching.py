@@ -31,3 +31,23 @@ def failure_message(what: str, result: subprocess.CompletedProcess, log: Path, t
         + "causes:\n" + "\n".join(causes[:20])
         + f"\nlast {tail} lines:\n" + "\n".join(lines[-tail:])
     )  # fmt: skip
+
+
+def signal_while_loading(signum: int, output_dir: Path) -> subprocess.CompletedProcess:
+    """``amapo train`` in a child process, sent ``signum`` once torch's library is mapped (mid-import, whatever the
+    machine's load: after a fixed delay, a slow start may not have reached Python's own handler yet). The child
+    starts with the signal at its default, as a terminal or a service manager starts it: a shell runs `cmd &` with
+    SIGINT ignored, and Python keeps an ignored SIGINT ignored."""
+    import signal
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(output_dir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # fmt: skip
+    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.005)
+    process.send_signal(signum)
+    err = process.communicate(timeout=120)[1]
+    return subprocess.CompletedProcess(process.args, process.returncode, "", err)

@@ -4,11 +4,13 @@ option, file and line or row, found before any model loads; bugs keep their trac
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import signal_while_loading
 
 import amapo.evaluation.run
 import amapo.train.run
@@ -319,24 +321,9 @@ def test_an_output_dir_that_is_a_file_is_one_line_and_the_file_stays(tmp_path, c
 def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
     """SIGINT before training starts (here: while torch and transformers import) is exit 130 and one line, not a
     KeyboardInterrupt traceback; during training the checkpoint-then-stop of test_reliability applies."""
-    import signal
-    import time
-
-    def as_from_a_terminal():  # a shell runs `cmd &` with SIGINT ignored, and Python keeps an ignored SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    process = subprocess.Popen([sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(tmp_path / "out")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=as_from_a_terminal)  # fmt: skip
-    # Ctrl-C once torch's library is mapped: mid-import whatever the machine's load (after a fixed delay, a slow
-    # start may not have reached Python's own SIGINT handler yet)
-    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None and "libtorch" not in maps.read_text():
-        time.sleep(0.005)
-    process.send_signal(signal.SIGINT)
-    err = process.communicate(timeout=120)[1]
-    assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "amapo train: interrupted" and "Traceback" not in err
+    done = signal_while_loading(signal.SIGINT, tmp_path / "out")
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "amapo train: interrupted" and "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 

@@ -13,12 +13,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from launching import signal_while_loading
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -366,19 +366,9 @@ def test_a_resume_does_not_warn_about_the_tied_lm_head():
 def test_sigterm_while_loading_is_one_line_and_exit_143(tmp_path):
     """As Ctrl-C (test_cli_user_errors.test_ctrl_c_while_importing_is_one_line_and_exit_130): SIGTERM before
     training was a silent exit 143; during training the checkpoint-then-stop of test_reliability applies."""
-
-    def as_from_a_service_manager():  # SIGTERM at its default, whatever this test process was started with
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    process = subprocess.Popen([sys.executable, "-m", "amapo.cli", "train", "--output_dir", str(tmp_path / "out")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=as_from_a_service_manager)  # fmt: skip
-    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None and "libtorch" not in maps.read_text():
-        time.sleep(0.005)
-    process.send_signal(signal.SIGTERM)
-    err = process.communicate(timeout=120)[1]
-    assert process.returncode == 128 + signal.SIGTERM, err
+    done = signal_while_loading(signal.SIGTERM, tmp_path / "out")
+    err = done.stderr
+    assert done.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == "amapo train: terminated" and "Traceback" not in err
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
