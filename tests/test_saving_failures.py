@@ -26,9 +26,10 @@ import amapo.train.run
 from amapo.builtin import resolve_source
 from amapo.cli import main
 from amapo.disk_space import in_words, out_of_space
-from amapo.train import reliability, trainer
+from amapo.train import reliability, saving, trainer
 from amapo.train.parsing import recipe_defaults
-from amapo.train.reliability import COMPLETE_MARKER, FinalSave, OutOfSpace, SaveSizes, TiedWeightsFilter
+from amapo.train.reliability import COMPLETE_MARKER, TiedWeightsFilter
+from amapo.train.saving import FinalSave, OutOfSpace, SaveSizes
 
 QUICK = ("--config", "builtin", "--eval_datasets", "none", "--max_steps", "2")
 CHECKPOINTS = ("--save_strategy", "steps", "--save_steps", "1")
@@ -218,7 +219,7 @@ def test_a_full_disk_during_the_final_save_leaves_a_folder_that_resumes(tmp_path
 
 
 def test_a_run_whose_saves_cannot_fit_is_refused_before_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reliability, "free_bytes", lambda path: 1_000_000)
+    monkeypatch.setattr(saving, "free_bytes", lambda path: 1_000_000)
     monkeypatch.setattr(trainer.PreferenceTrainer, "train", lambda *_, **__: pytest.fail("training started"))
     out = tmp_path / "out"
     assert amapo_train(out, *CHECKPOINTS) == 2
@@ -229,7 +230,7 @@ def test_a_run_whose_saves_cannot_fit_is_refused_before_training(tmp_path, monke
     assert not out.exists()  # the folder the run would have made is not left behind
     # no checkpoint within the run's steps: the final model alone fits
     monkeypatch.undo()
-    monkeypatch.setattr(reliability, "free_bytes", lambda path: 1_000_000)
+    monkeypatch.setattr(saving, "free_bytes", lambda path: 1_000_000)
     assert amapo_train(out, "--save_strategy", "steps", "--save_steps", "5") == 0
 
 

@@ -35,22 +35,18 @@ from amapo.train.reliability import (
     NONFINITE_FILE,
     CheckpointStateCallback,
     EngineSkipCallback,
-    FinalSave,
     InterruptCallback,
     NonFiniteGuard,
     NonFiniteStepError,
     NonFiniteStopCallback,
     ResumeNote,
-    SaveSizes,
-    check_free_space,
     last_complete_checkpoint,
-    saves_a_checkpoint,
-    stop_if_out_of_space,
     tied_weights_not_reported_missing,
 )
 from amapo.train.report import fix_saved_file_modes, print_summary, write_model_card, write_resolved_config
 from amapo.train.results import TrainResult
 from amapo.train.run_folder import RunLock, check_output_dir, check_resumable, check_resumed_data, remove_previous_run
+from amapo.train.saving import FinalSave, SaveSizes, check_free_space, saves_a_checkpoint, stop_if_out_of_space
 from amapo.train.trainer import PreferenceTrainer, RowIndexCollator
 
 logger = logging.getLogger(__name__)

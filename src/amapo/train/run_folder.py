@@ -302,7 +302,7 @@ NOT_FINAL_MODEL = (f"{CHECKPOINT_PREFIX}-*", "metrics.jsonl", "nonfinite_steps.j
 def final_model_files(output_dir: Path) -> list[Path]:
     """The final model's files in ``output_dir``: what a run's final save writes there (weights, model and tokenizer
     files, ``training_args.bin``, amapo's config and results, the model card), i.e. ``RUN_FILES`` less
-    ``NOT_FINAL_MODEL``. A failed final save removes these (``train.reliability.FinalSave``)."""
+    ``NOT_FINAL_MODEL``. A failed final save removes these (``train.saving.FinalSave``)."""
     return [p for p in previous_run_files(output_dir) if not any(fnmatch.fnmatch(p.name, x) for x in NOT_FINAL_MODEL)]
 
 
