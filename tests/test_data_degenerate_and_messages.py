@@ -260,13 +260,13 @@ WRAPPED = {"data": [distinct(i) for i in range(120)], "meta": {"version": 1}}
 def test_a_json_object_wrapping_the_rows_names_the_key_that_holds_them(tmp_path, capsys, no_model, indent):
     data = write(tmp_path, json.dumps(WRAPPED, indent=indent), "pairs.json")
     assert train(tmp_path, data) == 2
-    assert error_line(capsys) == ("pairs.json: the top level is an object with keys data, meta; its 'data' holds a "
-                                  "list of 120 rows: save that list as the file (or as JSONL)")  # fmt: skip
+    assert error_line(capsys) == ("pairs.json: the top level is an object with keys data, meta; its 'data' holds the "
+                                  "rows (a list of 120 objects): save that list as the file (or as JSONL)")  # fmt: skip
 
 
 def test_the_wrapper_message_holds_where_datasets_converts_the_rows(tmp_path):
     data = write(tmp_path, json.dumps(WRAPPED), "pairs.json")  # eval's path: no pre-check, a table of one row
-    with pytest.raises(DataError, match=r"^the top level is an object with keys data, meta; its 'data' holds a list"):
+    with pytest.raises(DataError, match=r"^the top level is an object with keys data, meta; its 'data' holds the rows"):
         standardize_preference_dataset(load_raw_dataset(data))
     only = write(tmp_path, json.dumps({"data": WRAPPED["data"]}, indent=2), "only.json")  # one key: not a column
     with pytest.raises(DataError, match=r"^only\.json: the top level is an object with keys data; its 'data' holds"):

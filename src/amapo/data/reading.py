@@ -190,10 +190,10 @@ def top_object_message(document: dict) -> str:
     holders = {key: n for key, value in document.items() if (n := rows_in(value)) is not None}
     if holders:
         key = max(holders, key=holders.get)  # the longest list of objects: the rows
-        rows = f"{holders[key]} row{'' if holders[key] == 1 else 's'}"
+        objects = f"{holders[key]} object{'' if holders[key] == 1 else 's'}"
         return (
-            f"the top level is an object with keys {keys}; its {key!r} holds a list of {rows}: save that list as the "
-            "file (or as JSONL)"
+            f"the top level is an object with keys {keys}; its {key!r} holds the rows (a list of {objects}): save "
+            "that list as the file (or as JSONL)"
         )
     return (
         f"the top level is an object with keys {keys}, not rows: write the rows as a JSON list of objects or one "
