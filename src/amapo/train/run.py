@@ -333,6 +333,7 @@ def train_in_folder(
     if checkpoint is not None:  # the same rows as the checkpoint's, before the model loads
         check_resumed_data(Path(checkpoint), trained_on, warn=config.process_index == 0)
     train_dataset = shuffled(train_split, config.dataset_shuffle_seed)
+    del train_split  # (an in-memory split is not kept beside its shuffled copy while training)
     eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets, layout)
 
     model = load_model(model_path, **config.model_options())
