@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from command_line import error_line
 from rich.console import Console
 
 import amapo.compare.run as compare_module
@@ -42,14 +43,6 @@ def copy_run(trained_model: Path, tmp_path: Path, **options) -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def error_line(capsys, command: str) -> str:
-    """The one line a user error prints (no traceback)."""
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err), err
-    assert err[-1].startswith(f"amapo {command}: error: "), err
-    return err[-1].removeprefix(f"amapo {command}: error: ")
 
 
 @pytest.fixture

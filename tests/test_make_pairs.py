@@ -12,6 +12,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from command_line import error_line
 from launching import failure_message, free_port
 
 import amapo.onpolicy.run as run_module
@@ -27,13 +28,6 @@ POLICY = "builtin:tiny-llama"
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def error_line(capsys, command: str = "make-pairs") -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err), err
-    assert err[-1].startswith(f"amapo {command}: error: "), err
-    return err[-1].removeprefix(f"amapo {command}: error: ")
 
 
 def read_pairs(path: Path) -> list[dict]:
@@ -188,7 +182,7 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert main(make_pairs_args(output)) == 0
     capsys.readouterr()
     assert main(make_pairs_args(output, "--seed", "7")) == 2
-    line = error_line(capsys)
+    line = error_line(capsys, "make-pairs")
     assert line.startswith(f"{output} belongs to a run with other settings (seed: 7 now, 42 then)")
     # a run sampled before issue 28 (its settings name no sampler) is not continued with the new draws
     settings = output.with_name("pairs.jsonl.settings.json")
@@ -196,7 +190,7 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert recorded.pop("sampler") == "counter-v1"
     settings.write_text(json.dumps(recorded))
     assert main(make_pairs_args(output)) == 2
-    assert "(sampler: 'counter-v1' now, None then)" in error_line(capsys)
+    assert "(sampler: 'counter-v1' now, None then)" in error_line(capsys, "make-pairs")
 
 
 def test_two_processes_give_the_file_of_one(tmp_path):
@@ -228,12 +222,12 @@ def test_bad_inputs_are_one_line_before_the_policy_loads(tmp_path, capsys, no_po
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": "no prompt here"}])
     base = ["make-pairs", "--model_name_or_path", POLICY, "--reward", "builtin:reverse", "--output", str(out)]
     assert main([*base, "--prompts", str(empty)]) == 2
-    assert error_line(capsys) == (
+    assert error_line(capsys, "make-pairs") == (
         f"--prompts {empty}@train: no prompts: its columns are text; make-pairs reads a `prompt` column (a string or "
         "messages), preference pairs (`chosen` / `rejected`), or conversations (`messages`)"
     )
     assert main([*base, "--prompts", str(tmp_path / "missing.jsonl")]) == 2
-    assert "not found" in error_line(capsys)
+    assert "not found" in error_line(capsys, "make-pairs")
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"prompt": [{"role": "user", "content": "reverse: ab ="}]}])
     no_template = tmp_path / "no-template"
     from amapo.builtin import resolve_source
@@ -248,14 +242,14 @@ def test_bad_inputs_are_one_line_before_the_policy_loads(tmp_path, capsys, no_po
     argv = [*base, "--prompts", str(chats)]
     argv[argv.index(POLICY)] = str(no_template)
     assert main(argv) == 2
-    assert error_line(capsys) == (
+    assert error_line(capsys, "make-pairs") == (
         f"the prompts of {chats} are conversations and the policy {no_template} has no chat template to render them: "
         "pass --chat_template (Jinja text or a .jinja file)"
     )
     assert main([*base, "--prompts", "builtin:reverse", "--num_samples", "1"]) == 2
-    assert error_line(capsys) == "--num_samples must be >= 2 (a pair needs two answers), got 1"
+    assert error_line(capsys, "make-pairs") == "--num_samples must be >= 2 (a pair needs two answers), got 1"
     assert main([*base, "--prompts", "builtin:reverse", "--top_p", "0"]) == 2
-    assert error_line(capsys) == "--top_p must be in (0, 1], got 0.0"
+    assert error_line(capsys, "make-pairs") == "--top_p must be in (0, 1], got 0.0"
     assert not out.exists() and not (tmp_path / "pairs.jsonl.shards").exists()
 
 
@@ -358,7 +352,7 @@ def test_vllm_engine_needs_vllm_and_each_process_gets_its_own_gpu(tmp_path, caps
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     out = tmp_path / "pairs.jsonl"
     assert main(make_pairs_args(out, "--engine", "vllm")) == 2
-    assert error_line(capsys) == (
+    assert error_line(capsys, "make-pairs") == (
         "--engine vllm: vLLM is not installed; pip install 'amapo[vllm]' (it needs a GPU), or use --engine transformers"
     )
     assert not out.exists() and not (tmp_path / "pairs.jsonl.settings.json").exists()

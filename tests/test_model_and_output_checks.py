@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from command_line import error_line
 
 from amapo.builtin import resolve_source
 from amapo.cli import main
@@ -22,14 +23,6 @@ from amapo.recipes import recipe_path
 FIX = "download the model again, or save it again (model.save_pretrained(folder))"
 SET = "a=builtin:reverse/in_distribution@train[:8]"
 QUESTIONS = [{"dataset": "h", "instruction": f"reverse: {w} =", "output": w[::-1], "generator": "x"} for w in "ab"]
-
-
-def error_line(capsys, command: str) -> str:
-    """The one line a user error prints (no traceback)."""
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err), err
-    assert err[-1].startswith(f"amapo {command}: error: "), err
-    return err[-1].removeprefix(f"amapo {command}: error: ")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from benchmark_rows import rm_bench_rows, scored_rows
+from command_line import error_line
 
 import amapo.compare.run as compare_module
 import amapo.evaluation.run as eval_module
@@ -28,14 +29,6 @@ from amapo.evaluation.response_sets import (
     scored_response_metrics,
 )
 from amapo.evaluation.sets import check_named_sets, given_sets
-
-
-def error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err), err
-    assert err[-1].startswith(f"amapo {command}: error: "), err
-    return err[-1].removeprefix(f"amapo {command}: error: ")
-
 
 # --- the numbers, by hand -----------------------------------------------------------------------------------------
 
