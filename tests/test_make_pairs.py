@@ -190,7 +190,7 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert recorded.pop("sampler") == "counter-v1"
     settings.write_text(json.dumps(recorded))
     assert main(make_pairs_args(output)) == 2
-    assert "(sampler: 'counter-v1' now, None then)" in error_line(capsys, "make-pairs")
+    assert "(sampler: 'counter-v1' now, not recorded then)" in error_line(capsys, "make-pairs")
 
 
 def test_two_processes_give_the_file_of_one(tmp_path):

@@ -115,7 +115,9 @@ def check_settings(output: Path, settings: dict) -> bool:
     recorded = json.loads(path.read_text())
     changed = [k for k in settings if recorded.get(k) != settings[k]]
     if changed:
-        diffs = "; ".join(f"{k}: {settings[k]!r} now, {recorded.get(k)!r} then" for k in changed)
+        shown = lambda value, missing: missing if value is None else repr(value)  # noqa: E731 (no None in a message)
+        diffs = "; ".join(f"{k}: {shown(settings[k], 'unset')} now, {shown(recorded.get(k), 'not recorded')} then"
+                          for k in changed)  # fmt: skip
         raise UserError(
             f"{output} belongs to a run with other settings ({diffs}): rerun with its settings to continue it, or "
             f"give another --output, or delete {output.name}, {path.name} and {output.name}.shards to start over"
