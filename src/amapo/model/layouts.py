@@ -89,10 +89,48 @@ def shared_prompt_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.T
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def shared_prompt_block_mask(segment_ids: torch.Tensor):
-    """The same mask as a FlexAttention ``BlockMask``: blocks that no query of theirs may see are skipped, and no
-    [B, T, T] tensor is kept (transformers passes a BlockMask given as the attention mask straight to flex)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def shared_prompt_block_mask(segment_ids: torch.Tensor, block_size: int = 128):
+    """The same mask as a FlexAttention ``BlockMask`` (``mask_mod`` = ``shared_prompt_allowed``), built from
+    block-level facts in O(B x T + B x (T / block_size)^2) memory (transformers passes a BlockMask given as the
+    attention mask straight to flex; flex skips the empty blocks and runs no mask_mod on the full ones).
+
+    Not ``create_block_mask``: without compile it evaluates the mask_mod densely over B x T x T (about 13 GiB of
+    temporaries at B = 8, T = 12k), and compiling it costs a start-up per new shape. Here each (query block, key
+    block) pair is classified exactly, for any segment ids in {0, 1, 2, 3}: below the diagonal every key precedes
+    every query, so the pair's mask is (key != 0) & ~(query == 3 & key == 2) and factorizes into what each block
+    holds; diagonal blocks are partial (q == kv allowed, kv > q not); blocks above it are empty. A block that runs
+    past T is never full, as in ``create_block_mask``, whose block structure this equals (tests/test_block_mask.py).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
 
     b, t = segment_ids.shape
-    return create_block_mask(shared_prompt_allowed(segment_ids), b, None, t, t, device=segment_ids.device)
+    n = -(-t // block_size)
+    # -1 marks the positions past T in the last block: no query or key, never part of a full block
+    blocks = torch.nn.functional.pad(segment_ids, (0, n * block_size - t), value=-1).reshape(b, n, block_size)
+    in_range = (blocks != -1).all(-1)
+    chosen = (blocks == 2).any(-1)
+    any_rejected = (blocks == 3).any(-1)
+    only_rejected = ((blocks == 3) | (blocks == -1)).all(-1)
+    seen_by_all = ((blocks == 1) | (blocks == 3)).any(-1)  # a prompt or rejected key: every later query sees it
+    no_padding = (blocks > 0).all(-1)
+
+    q, kv = (slice(None), slice(None), None), (slice(None), None, slice(None))  # [B, n_q, n_kv] broadcasting
+    below = torch.ones(n, n, dtype=torch.bool, device=segment_ids.device).tril(-1)
+    some = below & (seen_by_all[kv] | (chosen[kv] & ~only_rejected[q]))
+    full = some & no_padding[kv] & in_range[q] & ~(any_rejected[q] & chosen[kv])
+    partial = (some & ~full) | torch.eye(n, dtype=torch.bool, device=segment_ids.device)
+    return BlockMask.from_kv_blocks(
+        *_ordered_blocks(partial),
+        *_ordered_blocks(full),
+        BLOCK_SIZE=block_size,
+        mask_mod=shared_prompt_allowed(segment_ids),
+        seq_lengths=(t, t),
+    )
+
+
+def _ordered_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, n_q, n_kv] bool -> BlockMask's (num_blocks [B, 1, n_q], indices [B, 1, n_q, n_kv]) int32: each query
+    block's key blocks first, in ascending order (the rest of the indices row is ignored)."""
+    blocks = blocks[:, None].to(torch.int32)
+    indices = torch.argsort(blocks, dim=-1, descending=True, stable=True)
+    return blocks.sum(-1, dtype=torch.int32), indices.to(torch.int32)
