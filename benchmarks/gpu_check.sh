@@ -9,7 +9,8 @@
 # First it installs what the machine lacks (deepspeed, liger-kernel, trl, datasets, transformers >= 5.23 and what
 # they need; flash-attn only as a ready wheel, never compiled): from ./.whl when it is there (a machine without
 # internet: make it with benchmarks/gpu_wheels.sh and carry it), else from the package index. Skipped where no GPU is
-# present. The time it takes counts against the part's 6 minutes.
+# present. The time it takes counts against the part's 6 minutes. Then benchmarks/gpu_imports.py imports everything the
+# parts use, once: a failure ends the part there, with the reason in OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: bash benchmarks/gpu_check.sh 1|2 OUT}
@@ -27,22 +28,32 @@ done
 # amapo needs transformers >= 5.23 (amapo.hf_internals.TESTED_TRANSFORMERS); the H200 image had 5.17
 "$PY" -c "import sys, transformers as t; sys.exit(tuple(map(int, t.__version__.split('.')[:2])) < (5, 23))" \
   2>/dev/null || missing+=("transformers==5.24.*")
+SITE=/tmp/gpu-check-site
 if [ "${#missing[@]}" -gt 0 ] && command -v nvidia-smi >/dev/null; then
   echo "[gpu_check] installing: ${missing[*]}" | tee -a "$OUT/gpu_check.log"
   if [ -d .whl ]; then  # offline: the carried wheel set (benchmarks/gpu_wheels.txt), dependencies included
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
       .whl/*.whl 2>&1 | tail -5 | tee -a "$OUT/gpu_check.log"
-    export PYTHONPATH="$PYTHONPATH:/tmp/gpu-check-site"
   else
     "$PY" -m pip install -q "${missing[@]}" 2>&1 | tail -5 | tee -a "$OUT/gpu_check.log"
     "$PY" -m pip install -q --only-binary :all: flash-attn 2>/dev/null || echo "[gpu_check] flash-attn: no wheel"
   fi
-elif [ -d /tmp/gpu-check-site ]; then  # installed by the other part on this machine
-  export PYTHONPATH="$PYTHONPATH:/tmp/gpu-check-site"
 fi
-"$PY" -c "import torch, transformers, accelerate; print('[gpu_check] torch', torch.__version__, 'transformers',
-  transformers.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())" \
-  | tee -a "$OUT/gpu_check.log"
+# The carried wheels go first on sys.path (PYTHONPATH comes before site-packages, and before anything the image's own
+# PYTHONPATH names): transformers 5.24 must meet the carried huggingface-hub, not the image's (issue 34).
+site_arg=()
+if [ -d "$SITE" ]; then
+  export PYTHONPATH="$SITE:$PYTHONPATH"
+  site_arg=(--site "$SITE")
+fi
+# One import of everything the parts use, each version printed; a wheel that cannot import stops the part here, in
+# seconds, with the reason (Liger-Kernel may be missing only without a GPU; flash-attn is optional).
+TRL_EXPERIMENTAL_SILENCE=1 "$PY" benchmarks/gpu_imports.py "${site_arg[@]}" 2>&1 | tee -a "$OUT/gpu_check.log"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+  echo "[gpu_check] part $PART not run: a required import failed (above; benchmarks/gpu_imports.py)" \
+    | tee -a "$OUT/gpu_check.log" >&2
+  exit 1
+fi
 DEADLINE=$((TOTAL - SECONDS))
 [ "$SIZE" = toy ] && DEADLINE=900  # CPUs are slower; the test has its own timeout
 exec "$PY" benchmarks/gpu_check.py "$OUT" --part "$PART" --size "$SIZE" --deadline "$DEADLINE"

@@ -6,10 +6,12 @@
                                                       # their requirements recorded in gpu_wheels_requires.json
     python benchmarks/gpu_wheels.py check             # every requirement met by the image or another carried wheel
 
-A requirement counts as met by the image (``gpu_image_packages-*.txt``, the newest) when the package is listed there;
-where the file's header records the image's version, that version must satisfy it. A carried wheel replaces the
-image's copy of the same package (transformers 5.24 over the image's 5.17). Markers are evaluated for CPython 3.12
-on x86-64 Linux, without extras.
+A requirement counts as met by the image (``gpu_image_packages-*.txt``, the newest) when the package is listed there
+and, for a requirement with a version bound, the file's header records the image's version and it satisfies the bound:
+a listed name of unrecorded version meets only a bare requirement (issue 34: the image's huggingface-hub and
+typing-extensions were too old for transformers 5.24 and pydantic-core; carry such a package, or record its version).
+A carried wheel replaces the image's copy of the same package (transformers 5.24 over the image's 5.17; gpu_check.sh
+puts the carried wheels first on sys.path). Markers are evaluated for CPython 3.12 on x86-64 Linux, without extras.
 """
 
 from __future__ import annotations
@@ -58,12 +60,19 @@ def image_packages() -> tuple[str, set[str], dict[str, Version]]:
     return path.name, names, versions
 
 
+def applies(line: str) -> bool:
+    """Whether a requirement line applies to the target (CPython 3.12, x86-64 Linux, no extras)."""
+    marker = Requirement(line).marker
+    return marker is None or marker.evaluate(TARGET)
+
+
 def wheel_requirements(wheel: Path) -> list[str]:
-    """Requires-Dist of a wheel's METADATA, as written."""
+    """The Requires-Dist lines of a wheel's METADATA that apply to the target, as written and in order (the lines of
+    extras are left out: DeepSpeed's built wheel lists them in a different order each build)."""
     with zipfile.ZipFile(wheel) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = Parser().parsestr(archive.read(name).decode())
-    return metadata.get_all("Requires-Dist") or []
+    return [line for line in metadata.get_all("Requires-Dist") or [] if applies(line)]
 
 
 def unmet(requires: dict[str, list[str]]) -> list[str]:
@@ -74,9 +83,9 @@ def unmet(requires: dict[str, list[str]]) -> list[str]:
                 for name in carried if name not in requires]  # fmt: skip
     for owner, lines in requires.items():
         for line in lines:
-            requirement = Requirement(line)
-            if requirement.marker is not None and not requirement.marker.evaluate(TARGET):
+            if not applies(line):
                 continue
+            requirement = Requirement(line)
             name = canonicalize_name(requirement.name)
             if name in carried:
                 version, where = carried[name], "carried"
@@ -85,7 +94,9 @@ def unmet(requires: dict[str, list[str]]) -> list[str]:
             else:
                 problems.append(f"{owner} needs {line}: neither in the image nor carried")
                 continue
-            if version is not None and not requirement.specifier.contains(version, prereleases=True):
+            if version is None and requirement.specifier:  # listed, but which version is not recorded
+                problems.append(f"{owner} needs {line}: the image's version is not recorded (carry it, or record it)")
+            elif version is not None and not requirement.specifier.contains(version, prereleases=True):
                 problems.append(f"{owner} needs {line}: {where} has {version}")
     return problems
 
