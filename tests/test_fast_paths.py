@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from test_liger_head import stand_in_liger
 from test_logps_layouts import VOCAB, random_pairs, tiny_llama
 
 from amapo.data.collator import PreferenceCollator
@@ -82,8 +83,7 @@ def test_the_liger_head_is_refused_where_it_cannot_compute(monkeypatch):
     monkeypatch.setitem(sys.modules, "liger_kernel.ops.fused_linear_cross_entropy", None)  # not installed
     with pytest.raises(UserError, match=r"--lm_head_kernel liger needs liger-kernel \(pip install liger-kernel\)"):
         check_kernel("liger", LogitTransform(), "cuda")
-    for name in ("liger_kernel", "liger_kernel.ops", "liger_kernel.ops.fused_linear_cross_entropy"):
-        monkeypatch.setitem(sys.modules, name, type(sys)(name))  # a stand-in package: liger-kernel is not needed
+    stand_in_liger(monkeypatch)  # a stand-in liger-kernel 0.8.5: liger-kernel is not needed
     with pytest.raises(UserError, match="multiplies its logits by 3, which Liger's fused cross-entropy does not"):
         check_kernel("liger", LogitTransform(scale=3.0), "cuda")
     with pytest.raises(UserError, match="need a CUDA GPU; use chunked"):

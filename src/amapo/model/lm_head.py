@@ -33,13 +33,17 @@ Kernels for the first two routes (``--lm_head_kernel``; the third always goes th
 * ``compiled``: the same per-chunk functions through ``torch.compile`` (dynamic shapes, compiled once), which fuses
   the elementwise work around the two matmuls: one pass over a chunk's [tokens, vocab] logits instead of several;
 * ``liger``: Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction`` with ``reduction="none"`` (per-token
-  -log p; since 0.8.x its backward folds each token's own upstream gradient in before the weight gradient is
-  summed, so any per-token weighting is exact). CUDA only (Triton), soft-capping supported, a logit multiplier
-  not (refused by ``check_kernel``).
+  -log p; since 0.8.2 its backward folds each token's own upstream gradient in before the weight gradient is
+  summed, so any per-token weighting is exact), its weight gradient summed in fp32 (``accum_dtype``) like the
+  chunked head's. CUDA only (Triton), soft-capping supported, a logit multiplier not (refused by
+  ``check_kernel``, as is a liger-kernel older than 0.8.2).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
+import re
 from dataclasses import dataclass
 
 import torch
@@ -292,25 +296,58 @@ def _fused(lm_head, hidden, targets, chunk_tokens, transform, kernel="chunked") 
     return ChunkedTokenLogps.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_tokens, transform, grads, ops)
 
 
+# LigerFusedLinearCrossEntropyFunction.forward's leading parameters after ctx, as liger-kernel 0.6.2 to 0.8.5 declare
+# them: autograd's apply takes them by position, so check_kernel checks that the installed forward has them so.
+LIGER_FORWARD_ARGS = ("_input", "weight", "target", "bias", "ce_weight", "ignore_index", "lse_square_scale",
+                      "label_smoothing", "reduction", "softcap", "return_z_loss", "accum_dtype")  # fmt: skip
+LIGER_MIN_VERSION = (0, 8, 2)  # accum_dtype since 0.6.2; per-token gradients with reduction="none" since 0.8.2
+
+
 def _liger_logps(hidden, weight, bias, targets, transform) -> torch.Tensor:
-    """Per-token log-probs from Liger's fused linear cross-entropy (``reduction="none"`` gives -log p per token)."""
+    """Per-token log-probs (fp32) from Liger's fused linear cross-entropy: ``reduction="none"`` gives -log p per token.
+
+    ``accum_dtype=torch.float32``: Liger sums the weight (and bias) gradient over its token chunks in fp32, as
+    ``ChunkedTokenLogps`` does, and returns it in the weight's dtype; by default it would sum in the weight's dtype,
+    rounding the running sum to bf16 once per chunk (a numerics difference, not a kernel one). The argument exists
+    since liger-kernel 0.6.2; amapo needs 0.8.2 (``check_kernel``).
+    """
     from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 
-    losses = LigerFusedLinearCrossEntropyFunction.apply(hidden, weight, targets, bias, None, -100, 0.0, 0.0, "none",
-                                                        transform.softcap)[0]  # fmt: skip
+    args = {"_input": hidden, "weight": weight, "target": targets, "bias": bias, "ce_weight": None,
+            "ignore_index": -100, "lse_square_scale": 0.0, "label_smoothing": 0.0, "reduction": "none",
+            "softcap": transform.softcap, "return_z_loss": False, "accum_dtype": torch.float32}  # fmt: skip
+    losses = LigerFusedLinearCrossEntropyFunction.apply(*(args[name] for name in LIGER_FORWARD_ARGS))[0]
     return -losses.float()
 
 
 def check_kernel(kernel: str, transform: LogitTransform, device: torch.device | str | None = None) -> None:
-    """Refuse, with the reason, a kernel that cannot compute this model's log-probs here."""
+    """Refuse, with the reason, a kernel that cannot compute this model's log-probs here.
+
+    ``liger`` needs liger-kernel >= 0.8.2: ``accum_dtype`` (fp32 weight-gradient sums, ``_liger_logps``) came in
+    0.6.2, and the backward of ``reduction="none"`` folds each token's upstream gradient in before the weight
+    gradient's sum only since 0.8.2 (before, any per-token weighting gave a wrong weight gradient).
+    """
     from amapo.errors import UserError
 
     if kernel != "liger":
         return
     try:
-        import liger_kernel.ops.fused_linear_cross_entropy  # noqa: F401
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
     except ImportError as err:
         raise UserError(f"--lm_head_kernel liger needs liger-kernel (pip install liger-kernel): {err}") from None
+    try:
+        found = importlib.metadata.version("liger-kernel")
+    except importlib.metadata.PackageNotFoundError:
+        found = None  # a source tree on the path: its forward's signature decides
+    params = tuple(inspect.signature(LigerFusedLinearCrossEntropyFunction.forward).parameters)[1:]
+    release = tuple(int(part) for part in re.findall(r"\d+", found or "")[:3])
+    if params[: len(LIGER_FORWARD_ARGS)] != LIGER_FORWARD_ARGS or (found and release < LIGER_MIN_VERSION):
+        needed = ".".join(map(str, LIGER_MIN_VERSION))
+        raise UserError(
+            f"--lm_head_kernel liger needs liger-kernel >= {needed} (fp32 gradient sums through accum_dtype, "
+            f"per-token gradients with reduction='none'), found {found or 'an unknown version'}: "
+            f"pip install 'liger-kernel>={needed}'"
+        )
     if transform.scale != 1.0:
         raise UserError(
             f"--lm_head_kernel liger: this model multiplies its logits by {transform.scale:g}, which Liger's fused "
