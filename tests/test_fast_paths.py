@@ -113,7 +113,8 @@ def test_liger_model_kernels_keep_liger_s_loss_off_and_are_refused_without_a_gpu
 
 def test_a_compiled_model_trains_as_the_eager_one(tmp_path):
     """``--torch_compile`` wraps the model in torch.compile's OptimizedModule: the patched forward, the first-batch
-    check and the chunked head run through it (aot_eager: dynamo and AOT autograd, no code generation)."""
+    check run through it, the chunked head beside its graph (``_head_token_logps``; aot_eager: dynamo and AOT
+    autograd, no code generation)."""
     from torch._dynamo.utils import counters
 
     from amapo.train.parsing import parse_train_args

@@ -44,6 +44,8 @@ FIRST = {
     "torch.cat": "2.4",
     "torch.compile": "2.4",
     "torch.cos": "2.4",
+    "torch.compiler": "2.4",
+    "torch.compiler.disable": "2.4",
     "torch.cuda": "2.4",
     "torch.cuda.current_device": "2.4",
     "torch.cuda.empty_cache": "2.4",

@@ -9,7 +9,9 @@ log-softmax ever exist, and prompt and padding positions never reach the head.
 This runs *inside* the model's forward, patched in by ``enable_response_logps`` (as TRL's
 ``add_fused_lm_head`` does), so that DDP, FSDP and DeepSpeed see an ordinary forward call of the wrapped model
 and gather/reduce parameters as usual; with the keyword absent the forward is the original one (generation and
-saving are unchanged). PEFT wraps the patched model and passes the keyword through.
+saving are unchanged). PEFT wraps the patched model and passes the keyword through. Under ``--torch_compile``
+only the decoder is compiled: the head's chunk loop runs outside the graph (``_head_token_logps``), so batches
+with other response-token counts reuse one graph instead of recompiling it (issue 34).
 """
 
 from __future__ import annotations
@@ -73,16 +75,30 @@ def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0, kernel:
             return original_forward(*args, **kwargs)
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state  # the decoder, final norm included
-        lm_head = self.get_output_embeddings()
-        vocab = self.config.get_text_config().vocab_size
-        chunk = chunk_size_for(vocab, getattr(self, PATCH_MARK))
-        hidden = hidden.reshape(-1, hidden.shape[-1])[response_targets.positions]
-        kernel = getattr(self, KERNEL_MARK, "chunked")
-        return token_logps_from_hidden(hidden, lm_head, response_targets.ids, chunk, transform, kernel)
+        return _head_token_logps(self, hidden, response_targets, transform)
 
     lm.forward = types.MethodType(forward, lm)
     setattr(lm, PATCH_MARK, chunk_tokens)
     return model
+
+
+@torch.compiler.disable
+def _head_token_logps(
+    lm: torch.nn.Module, hidden: torch.Tensor, targets: ResponseTargets, transform: LogitTransform
+) -> torch.Tensor:
+    """The response positions of the decoder's ``hidden`` [R, T, H] through the LM head in chunks: fp32 [M].
+
+    Outside any ``torch.compile`` of the model (``--torch_compile``: the Trainer compiles the whole model with
+    ``dynamic=None``): traced, the chunk loop and its buffers fix the response-token count M as a constant, so
+    every new M recompiled the model, until dynamo's recompile limit (8) left it uncompiled (issue 34). Here the
+    compiled graph ends at the decoder's hidden states, whose sizes turn dynamic after their first change, and the
+    head runs as amapo's own kernel (``--lm_head_kernel compiled`` compiles its chunks itself, shapes dynamic).
+    """
+    vocab = lm.config.get_text_config().vocab_size
+    chunk = chunk_size_for(vocab, getattr(lm, PATCH_MARK))
+    hidden = hidden.reshape(-1, hidden.shape[-1])[targets.positions]
+    kernel = getattr(lm, KERNEL_MARK, "chunked")
+    return token_logps_from_hidden(hidden, lm.get_output_embeddings(), targets.ids, chunk, transform, kernel)
 
 
 def check_fits(lm: torch.nn.Module) -> None:
