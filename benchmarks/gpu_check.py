@@ -1,49 +1,72 @@
 #!/usr/bin/env python
-"""The GPU check in two parts, each one command that ends within 6 minutes on one H200 (``benchmarks/gpu_check.sh``
-installs what is missing, then runs this):
+"""The GPU check in two parts, each one command that ends within 6 minutes on one H100 or H200, install included
+(``benchmarks/gpu_check.sh`` installs what is missing, then runs this):
 
     python benchmarks/gpu_check.py OUT --part 1|2 [--size full|toy] [--deadline SECONDS]
 
-**Part 1: speed and memory.**
+**Part 1: issue 26's question (issue 34).** ``benchmarks/preference_step.py`` in bf16 on Llama-3-8B layers (hidden
+4096, MLP 14336, 32 query / 8 key-value heads, vocabulary 128,256; ``full``: 4 of its 32 layers), 8 pairs a step,
+one unmeasured warm-up worker first (the first worker of a run ran slow on the H200), then this plan, in priority
+order (``PEERS``, ``OPTIONS_ALONE``, ``LONG``, ... below):
 
-1. ``benchmarks/preference_step.py`` in bf16 on Llama-3-8B layers (hidden 4096, MLP 14336, 32 query / 8 key-value
-   heads, vocabulary 128,256; ``full``: 4 of its 32 layers, see below), 8 pairs a step, in priority order:
-   amapo-amapo against TRL's CPOTrainer SimPO, TRL with ``use_liger_kernel`` and the Liger loop at 1-2k words per
-   prompt + response, 2 alternating rounds; the same four and TRL DPO at 4-8k words (1 round; where a framework
-   runs out of memory, that is the measurement); amapo-simpo (its step-1 loss against TRL's) and TRL DPO at 1-2k.
-   An unmeasured warm-up worker goes first. The benchmark's table, per-round medians, first-step vs steady CUDA
-   peaks, MFU (attention FLOPs counted, against the measured bf16 matmul peak) and the memory headroom.
-2. ``benchmarks/gpu_profile.py``: two steps of amapo-amapo and of TRL under ``torch.profiler`` at 1-2k words.
+1. 1-2k words per prompt + response, one round: amapo's default (amapo-amapo), TRL's ``DPOTrainer`` (its default
+   fused LM head; the worker records that the head was patched in and used, and on which kernel), TRL's CPOTrainer
+   SimPO, the same with ``use_liger_kernel``, the Liger loop, then amapo with each GPU option alone (+flex,
+   +liger-head, +compiled-head, +liger-kernels);
+2. 4-8k words, one round, for memory (out of memory is a result): amapo-amapo, trl-dpo, amapo with every option but
+   compile, liger-simpo, trl-cpo-simpo, trl-cpo-simpo-liger;
+3. 1-2k: amapo +compile alone, and every option together (compile included);
+4. 1-2k, the second round: amapo-amapo, trl-dpo, trl-cpo-simpo, liger-simpo, and amapo-simpo (its step-1 loss
+   against TRL's).
 
-**Part 2: correctness on CUDA.**
+The benchmark's table, per-round medians, first-step vs steady CUDA peaks, MFU and the memory headroom.
 
-3. Sharded engines (``amapo train``, 5 steps, fp32 so that differences are the engines' own): plainly, under
+**Part 2: correctness on CUDA, the profile, sampling.**
+
+1. Sharded engines (``amapo train``, 5 steps, fp32 so that differences are the engines' own): plainly, under
    DeepSpeed ZeRO-3 and under FSDP2 (``accelerate launch`` with the packaged ``zero3.yaml`` / ``fsdp.yaml``, one
    process per GPU, at most 2, no mixed precision). Per-step losses and final weights against the plain run.
-4. Layouts: ``packed`` with an attention that reads sequence boundaries from position ids (flash-attention 2 if
+2. Layouts: ``packed`` with an attention that reads sequence boundaries from position ids (flash-attention 2 if
    it imports, else sdpa) against ``padded``: per-step losses, final weights, samples/s.
-5. The default ``amapo train`` (the built-in recipe) on CUDA: exit status, wall time, accuracies.
+3. The default ``amapo train`` (the built-in recipe) on CUDA: exit status, wall time, accuracies.
+4. The tests that need CUDA and skip without it (``GPU_TESTS``): Liger's LM head against amapo's chunked head, its
+   weight gradient summed in fp32 (issue 34), at the tolerance ``tests/test_liger_head.py`` derives.
+5. ``benchmarks/gpu_profile.py``: two steps of amapo-amapo and of TRL CPO-SimPO under ``torch.profiler``, 1-2k words.
 6. Sampling (``benchmarks/make_pairs.py`` at its small shape, bf16): make-pairs' vectorized sampler against plain
    batched ``generate(do_sample=True)`` and the per-row sampler it replaced (issue 28).
-7. amapo's GPU options one by one (issue 26), in whatever time the part has left.
 
 **Time.** Every step has a time box; a step that overruns is stopped (its whole process group) and reported as
 such, and the steps after it still run. The part as a whole ends by ``--deadline`` seconds (``gpu_check.sh`` passes
-what is left of its 6 minutes after installing); the benchmark also gets a time budget, so it leaves out the
-workers at the end of its plan that would not finish, and reports them as not run. Sizes come from the H200 run of
-2026-12-04 (``benchmarks/results/h200-2026-12-04-*``): a benchmark worker took 19-31 s at hidden 2048 x 8 layers and
-1-2k words (most of it start-up: imports, loading, the first step), the engines 21-34 s per run, the layouts 23-28 s,
-the default run 40 s. Four 8B layers keep a worker near 20 s at 1-2k; all 32 would fit a full AdamW fine-tune on the
-H200 (bf16 weights, gradients and AdamW states: 64 GB) but take minutes per worker.
+what is left of its 345 s after installing); the benchmark gets the part's time less 20 s as its ``--time_budget``
+and leaves out the workers at the end of its plan that would not finish (reported as not run): the plan's order is
+its priority. Sizes come from the H200 run of 2026-12-04 (``benchmarks/results/h200-2026-12-04-*``): at hidden 2048
+x 8 layers (1.0B parameters), 1-2k words, 4 steps, a worker took 19-31 s (most of it start-up: imports, loading,
+the first step), the first worker of a run 39 s, the benchmark's own start (the peak-matmul probe, building the
+model) 31 s; the engines 21-34 s per run, the layouts 23-28 s, the default run 40 s. Four 8B layers are 1.9B
+parameters (1.05B of them the embedding and the head); taken with margin: the start 45 s, a worker 25 s at 1-2k
+(30 s for +flex and +compiled-head, which compile a kernel), 35 s at 4-8k (4x the tokens per step), a +compile
+worker 25 + 60 s of compiling (not yet measured on a GPU). Part 1, 345 s less ~10 s of install (3.4 s from the
+carried wheels in the CPU rehearsal) and the import probe: the benchmark's budget is ~315 s; start 45 + warm-up
+worker 39 + group 1 (9 workers: 7 x 25 + 2 x 30 = 235 s) = 319 s. So group 1 is what part 1 measures (its last
+entries are the first a slow start cuts); group 2 (6 x 35 = 210 s), group 3 (2 x 85 s) and group 4 (5 x 25 s) run
+as far as these estimates were high, in that order (amapo-amapo and trl-dpo at 4-8k first). Part 2, ~335 s after
+the install: engines (3 x 34 s, the model and data built first) ~110 s + layouts 2 x 28 s + the default run 40 s
++ the CUDA tests ~30 s (pytest's start, Triton compiling Liger's kernels) + the profile (start 45 s, 2 workers
+x 25 s) ~95 s = ~330 s: sampling, last, gets what is left (it is the first step a slow start cuts).
+
+**Nothing that has never run.** ``toy`` runs the same steps at toy size (vocabulary 311, hidden 32), on a CPU too:
+the test suite does (``tests/test_gpu_check.py``). Its plan holds every entry of the full plan (a test checks the
+two sets are equal), each once (amapo-amapo twice, for the rounds). An entry this machine cannot run (flex's
+backward, Liger's Triton kernels, no liger-kernel: ``GPU_ONLY_OPTIONS`` / ``GPU_ONLY_FRAMEWORKS`` /
+``LIGER_FRAMEWORKS`` in ``prefstep/common.py``) runs with ``--rehearse`` off a GPU: its command line, its config,
+model, data, Trainer and first batch, with stand-ins for liger-kernel where it is not installed, then it stops
+before its first step and is reported "set-up ok" (``prefstep/setup_only.py``).
 
 **Files.** Each part writes at most 8 files to OUT: ``gpu_check.json`` (every number), ``gpu_check.md`` (the
 tables), ``gpu_check.log`` (each command, and the tail of a failed or stopped one's output); part 1 adds
-``preference_step.json`` / ``.md`` and ``gpu_profile.json`` / ``.md``; part 2 adds ``default_train.log``,
-``make_pairs.json`` and ``options.json`` / ``.md``. Models,
-data and run folders go to ``--workdir`` (default a temp folder).
-
-``toy`` runs the same steps at toy size (vocabulary 311, hidden 32), on a CPU too: the test suite does, so that a GPU
-session spends its minutes running, not debugging. The exit status is 1 if any step failed or was stopped.
+``preference_step.json`` / ``.md``; part 2 adds ``gpu_profile.json`` / ``.md``, ``default_train.log`` and
+``make_pairs.json``. Models, data and run folders go to ``--workdir`` (default a temp folder). The exit status is 1
+if any step failed or was stopped.
 """
 
 from __future__ import annotations
@@ -67,19 +90,31 @@ from safetensors.torch import load_file
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LLAMA3_8B_LAYERS = ["--hidden_size", "4096", "--intermediate_size", "14336", "--num_heads", "32", "--num_kv_heads", "8"]
-PEERS = "trl-cpo-simpo trl-cpo-simpo-liger liger-simpo"
-FAST = "amapo-amapo+flex+liger-head+liger-kernels"  # amapo's GPU options together, but compile (minutes of start-up)
-OPTIONS_ALONE = (
-    "amapo-amapo amapo-amapo+flex amapo-amapo+liger-head amapo-amapo+compiled-head "
-    "amapo-amapo+liger-kernels amapo-amapo+compile amapo-amapo+flex+liger-head+liger-kernels+compile"
-)
+# Part 1's entries (the docstring says why this order): issue 26's options and TRL's and Liger's peers at 1-2k words
+PEERS = "trl-dpo trl-cpo-simpo trl-cpo-simpo-liger liger-simpo"
+OPTIONS_ALONE = "amapo-amapo+flex amapo-amapo+liger-head amapo-amapo+compiled-head amapo-amapo+liger-kernels"
+FAST = "amapo-amapo+flex+liger-head+liger-kernels"  # every option but compile (its minutes of start-up)
+COMPILED = "amapo-amapo+compile amapo-amapo+flex+liger-head+liger-kernels+compile"  # compile alone; all together
+LONG = f"amapo-amapo trl-dpo {FAST} liger-simpo trl-cpo-simpo trl-cpo-simpo-liger"  # 4-8k: memory, one round
+SECOND_ROUND = "amapo-amapo trl-dpo trl-cpo-simpo liger-simpo amapo-simpo"  # amapo-simpo: step-1 loss vs TRL's
+
+
+def part_1_plan(short: str, long: str, toy: bool = False) -> str:
+    """Part 1's plan at the lengths ``short`` and ``long`` ("MIN:MAX"). ``toy`` keeps every entry but runs each
+    once where the full plan repeats it (the 4-8k group: only the one entry it adds; the second round: amapo-amapo
+    and the one entry it adds), so that CI runs every entry without running the whole matrix twice."""
+    if toy:
+        return (f"{short} x1: amapo-amapo {PEERS} {OPTIONS_ALONE}; {long} x1: {FAST}; {short} x1: {COMPILED}; "
+                f"{short} x1: amapo-amapo amapo-simpo")  # fmt: skip
+    return (f"{short} x1: amapo-amapo {PEERS} {OPTIONS_ALONE}; {long} x1: {LONG}; {short} x1: {COMPILED}; "
+            f"{short} x1: {SECOND_ROUND}")  # fmt: skip
+
+
 SIZES = {
     "full": {
         "model": ["--vocab", "128256", *LLAMA3_8B_LAYERS, "--num_layers", "4", "--batch", "8"],
         "benchmark": ["--steps", "2", "--warmup", "1", "--no_losscheck"],
-        "plan": f"1024:2048 x2: amapo-amapo {FAST} {PEERS}; 4096:8192 x1: amapo-amapo {FAST} {PEERS} trl-dpo; "
-                "1024:2048 x1: amapo-simpo trl-dpo",
-        "options_plan": f"1024:2048 x1: {OPTIONS_ALONE}",
+        "plan": part_1_plan("1024:2048", "4096:8192"),
         "profile": ["--min_len", "1024", "--max_len", "2048"],
         "engines_model": {"vocab": 128256, "hidden_size": 512, "num_hidden_layers": 4, "intermediate_size": 1536,
                           "num_attention_heads": 8, "num_key_value_heads": 4},
@@ -88,16 +123,15 @@ SIZES = {
         "default_train": [],
         # seconds: the whole part, and each step's box (a step gets at most what is left)
         "deadline": 345,
-        "boxes": {"benchmark": 285, "profile": 60, "engines": 130, "layouts": 75, "default_train": 75,
-                  "sampling": 50, "options": 345},
+        "boxes": {"benchmark": 345, "engines": 130, "layouts": 75, "default_train": 75, "profile": 110,
+                  "sampling": 50, "gpu_tests": 45},
         "sampling": ["--num_prompts", "64", "--max_new_tokens", "64", "--rounds", "3"],
     },
     "toy": {
         "model": ["--vocab", "311", "--batch", "4", "--threads", "1", "--hidden_size", "32", "--num_layers", "2",
                   "--intermediate_size", "64", "--num_heads", "4", "--num_kv_heads", "2"],
         "benchmark": ["--steps", "1", "--warmup", "1", "--no_losscheck"],
-        "plan": "24:48 x2: amapo-amapo trl-cpo-simpo; 64:96 x1: amapo-amapo trl-cpo-simpo",
-        "options_plan": "24:48 x1: amapo-amapo amapo-amapo+compiled-head amapo-amapo+flex",  # flex: not on a CPU
+        "plan": part_1_plan("24:48", "64:96", toy=True),
         "profile": ["--min_len", "24", "--max_len", "48"],
         "engines_model": {"vocab": 311, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
                           "num_attention_heads": 4, "num_key_value_heads": 2},
@@ -105,13 +139,14 @@ SIZES = {
         "chunk": 8,  # several head chunks per rank even at toy size
         "default_train": ["--max_steps", "3", "--eval_datasets", "none"],
         "deadline": 900,
-        "boxes": {"benchmark": 300, "profile": 120, "engines": 300, "layouts": 150, "default_train": 150,
-                  "sampling": 120, "options": 300},
+        "boxes": {"benchmark": 600, "engines": 300, "layouts": 150, "default_train": 150, "profile": 120,
+                  "sampling": 120, "gpu_tests": 120},
         "sampling": ["--vocab", "311", "--num_prompts", "4", "--num_samples", "2", "--max_new_tokens", "8",
                      "--prompt_words", "6", "--batch_size", "8", "--rounds", "1"],
     },
 }  # fmt: skip
-PARTS = {1: ("benchmark", "profile"), 2: ("engines", "layouts", "default_train", "sampling", "options")}
+PARTS = {1: ("benchmark",), 2: ("engines", "layouts", "default_train", "gpu_tests", "profile", "sampling")}
+GPU_TESTS = ["tests/test_liger_head.py"]  # pytest files whose tests skip without CUDA (or Triton's CPU interpreter)
 STEPS, BATCH = 5, 8
 MIN_BOX = 15  # seconds: a step with less time left than this is not started
 
@@ -174,34 +209,29 @@ class Check:
         self.log(f"{step}: not run: {self.left():.0f} s left of the part's deadline")
         self.report["steps"][step] = {"ok": False, "not_run": True}
 
-    # --- 1. throughput and memory, 2. the profile -----------------------------------------------------------
+    # --- part 1: throughput and memory; part 2: the profile, sampling, the CUDA tests ---------------------------------
 
-    def benchmark(self, step: str = "benchmark", plan_key: str = "plan") -> None:
-        """``preference_step.py`` on the size's ``plan_key``, within the step's box (part 1 keeps the profile's)."""
-        out = self.out / f"{'preference_step' if step == 'benchmark' else step}.json"
-        reserve = self.size["boxes"]["profile"] if step == "benchmark" else 0
-        box = min(self.box(step), self.left() - reserve)
+    def benchmark(self) -> None:
+        """``preference_step.py`` on the size's plan, within the part's time. Off a GPU, ``--rehearse``: an entry
+        that needs one (or liger-kernel) runs its set-up and stops before its first step (prefstep/setup_only.py)."""
+        out = self.out / "preference_step.json"
+        box = self.box("benchmark")
         command = [sys.executable, str(HERE / "preference_step.py"), *self.size["model"], *self.size["benchmark"],
-                   "--plan", self.size[plan_key], "--time_budget", str(int(max(box - 20, 1))), "--out", str(out),
+                   "--plan", self.size["plan"], "--time_budget", str(int(max(box - 20, 1))), "--out", str(out),
                    "--workdir", str(self.workdir / "benchmark"), "--device", self.device]  # fmt: skip
-        if step != "benchmark":
-            command.append("--no-warmup_worker")  # the GPU is warm: part 2's runs came before
-        entry = self.run(command, step, timeout=box)
+        if not self.cuda:
+            command.append("--rehearse")
+        entry = self.run(command, "benchmark", timeout=box)
         entry["ok"] = entry["ok"] and out.exists()
         if out.exists():
             report = json.loads(out.read_text())
             entry["summary"] = {key: case["summary"] for key, case in report["cases"].items() if "summary" in case}
-            entry["not_run"] = sorted(
-                {
-                    f"{key}: {name}"
-                    for key, case in report["cases"].items()
-                    for name, runs in case["runs"].items()
-                    for run in runs
-                    if run.get("skipped")
-                }
-            )
+            runs = [(key, name, run) for key, case in report["cases"].items() for name, runs in case["runs"].items()
+                    for run in runs]  # fmt: skip
+            entry["not_run"] = sorted({f"{key}: {name}" for key, name, run in runs if run.get("skipped")})
+            entry["setup_only"] = sorted({f"{key}: {name}" for key, name, run in runs if run.get("setup_only")})
             entry["liger"] = report.get("liger")
-        self.report["steps"][step] = entry
+        self.report["steps"]["benchmark"] = entry
 
     def sampling(self) -> None:
         """Issue 28: ``amapo make-pairs``'s sampler against plain batched ``generate(do_sample=True)`` and the
@@ -215,9 +245,15 @@ class Check:
             entry["tokens_per_s"] = json.loads(out.read_text())["sampling_tokens_per_s"]
         self.report["steps"]["sampling"] = entry
 
-    def options(self) -> None:
-        """Issue 26: amapo's GPU options one by one (and with compile) at 1-2k words, in what part 2 leaves."""
-        self.benchmark("options", "options_plan")
+    def gpu_tests(self) -> None:
+        """``GPU_TESTS`` under pytest: on a GPU they run; here (no CUDA) they skip, and the step checks that pytest
+        and the files run on this image at all. The pytest summary line goes into the report."""
+        log = self.workdir / "gpu_tests.log"
+        command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *GPU_TESTS]
+        entry = self.run(command, "gpu_tests", timeout=self.box("gpu_tests"), log_to=log)
+        lines = log.read_text().strip().splitlines() if log.exists() else []
+        entry["summary"] = lines[-1] if lines else None
+        self.report["steps"]["gpu_tests"] = entry
 
     def profile(self) -> None:
         command = [sys.executable, str(HERE / "gpu_profile.py"), str(self.out), *self.size["model"],
@@ -231,7 +267,7 @@ class Check:
                                    for name, r in json.loads(path.read_text())["frameworks"].items()}  # fmt: skip
         self.report["steps"]["profile"] = entry
 
-    # --- 3. sharded engines --------------------------------------------------------------------------------
+    # --- part 2: sharded engines --------------------------------------------------------------------------------------
 
     def engines_data(self) -> tuple[Path, Path]:
         """A random-init Llama (fp32) and STEPS * BATCH pairs, built with the benchmark's own builders."""
@@ -303,7 +339,7 @@ class Check:
                 results[name]["losses"] = step_losses(output_of(name))
         return results
 
-    # --- 4. layouts ----------------------------------------------------------------------------------------
+    # --- part 2: layouts ----------------------------------------------------------------------------------------------
 
     def layouts(self, model_dir: Path, data: Path) -> None:
         attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") and self.cuda else "sdpa"
@@ -336,7 +372,7 @@ class Check:
             results["packed"] |= compare_runs(self.workdir / "layout-padded", self.workdir / "layout-packed")
         self.report["steps"]["layouts"] = {"attention": attention, "runs": results}
 
-    # --- 5. the default amapo train ------------------------------------------------------------------------
+    # --- part 2: the default amapo train ------------------------------------------------------------------------------
 
     def default_train(self) -> None:
         """``amapo train`` with no options but a fresh cache and output folder (the README's first command)."""
@@ -404,8 +440,7 @@ def markdown(report: dict, out: Path) -> str:
             )
             lines += [f"**{name}: {why}** (see gpu_check.log)", ""]
     for title, file in (("Throughput and memory (benchmarks/preference_step.py)", "preference_step.md"),
-                        ("Where the time goes (benchmarks/gpu_profile.py)", "gpu_profile.md"),
-                        ("amapo's GPU options one by one (benchmarks/preference_step.py)", "options.md")):  # fmt: skip
+                        ("Where the time goes (benchmarks/gpu_profile.py)", "gpu_profile.md")):  # fmt: skip
         if (out / file).exists():
             lines += [f"## {title}", "", (out / file).read_text(), ""]
     engines = report["steps"].get("engines")
@@ -424,6 +459,9 @@ def markdown(report: dict, out: Path) -> str:
                   "| method | tokens/s | vs hf-batched |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {name} | {rate:.0f} | {rate / rates['hf-batched']:.2f}x |" for name, rate in rates.items()]
         lines.append("")
+    tests = report["steps"].get("gpu_tests")
+    if tests and not tests.get("not_run"):
+        lines += ["## Tests that need CUDA (pytest " + " ".join(GPU_TESTS) + ")", "", f"{tests.get('summary')}", ""]
     default = report["steps"].get("default_train")
     if default and not default.get("not_run"):
         accuracy = ", ".join(f"{k} {v:.3f}" for k, v in default.get("accuracy_after", {}).items()) or "-"

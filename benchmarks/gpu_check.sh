@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, in two commands that each end within 6 minutes on one H200 (benchmarks/gpu_check.py's docstring says
-# what each part runs and how it is time-boxed):
+# The GPU check, in two commands that each end within 6 minutes on one H100 or H200 (benchmarks/gpu_check.py's
+# docstring says what each part runs and how it is time-boxed):
 #
-#   bash benchmarks/gpu_check.sh 1 OUT    # part 1: the benchmark matrix and the profile (7 files in OUT)
-#   bash benchmarks/gpu_check.sh 2 OUT    # part 2: ZeRO-3 / FSDP2 / plain, packed vs padded, the default amapo train
+#   bash benchmarks/gpu_check.sh 1 OUT    # part 1: issue 26's options against TRL and Liger, 1-2k then 4-8k (5 files)
+#   bash benchmarks/gpu_check.sh 2 OUT    # part 2: engines, layouts, the default train, CUDA tests, profile, sampling
 #   GPU_CHECK_SIZE=toy bash benchmarks/gpu_check.sh 1 OUT   # the same at toy size, on a CPU too (the tests)
 #
 # First it installs what the machine lacks (deepspeed, liger-kernel, trl, datasets, transformers >= 5.23 and what

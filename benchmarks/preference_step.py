@@ -66,6 +66,10 @@ What is measured
 * ``--amapo_baseline DIR`` (another checkout, e.g. ``git worktree add /tmp/old 715727a``): every amapo framework
   also runs from DIR's ``src``, named ``NAME@<commit>``, in the same rounds: a change is measured side by side with
   the commit before it.
+* ``--rehearse`` (a CPU rehearsal of a GPU plan): an entry that cannot run here (a GPU-only option or framework,
+  or liger-kernel missing) is not left out but runs its set-up (config, model, data, Trainer, first batch; stand-ins
+  for a missing liger-kernel) and stops before its first step, reported as "set-up ok" (``prefstep/setup_only.py``).
+  TRL DPO's worker records whether its default fused LM head was patched in and used (``settings.fused_lm_head``).
 * step-1 loss: the Trainer's logged ``loss`` of step 1 (the model before any update, on the first batch).
   A separate ``losscheck`` worker also computes the SimPO loss of the first ``--losscheck_batch`` pairs with
   TRL's ``CPOTrainer.compute_loss`` on a batch from its own collator, with amapo (``run_training`` with
@@ -161,6 +165,18 @@ from prefstep.report import (  # noqa: E402
 from prefstep.runner import baseline_frameworks, probe_device, run_worker  # noqa: E402
 from prefstep.workers import worker_main  # noqa: E402
 
+# not settings of the run: the report leaves them out
+INTERNAL_ARGS = (
+    "worker",
+    "model_dir",
+    "data",
+    "output_dir",
+    "with_liger",
+    "profile_trace",
+    "setup_only",
+    "setup_only_names",
+)
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -186,6 +202,10 @@ def parse_args(argv=None):
     p.add_argument("--time_budget", type=float, default=0,
                    help="seconds the run may take (0: no limit); a worker that would end past it is not started "
                    "and is reported as not run")  # fmt: skip
+    p.add_argument("--rehearse", action="store_true",
+                   help="an entry that cannot run here (a GPU-only option or framework, or liger-kernel missing) "
+                   "runs its set-up only (benchmarks/prefstep/setup_only.py) and is reported as 'set-up ok', "
+                   "instead of being left out")  # fmt: skip
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<cpu|cuda>.json)")
     p.add_argument("--lr", type=float, default=1e-6, help="constant learning rate")
     p.add_argument("--seed", type=int, default=0, help="model init, data and trainer seed")
@@ -216,6 +236,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--output_dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--with_liger", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--setup_only", action="store_true", help=argparse.SUPPRESS)  # a worker of --rehearse
     p.add_argument("--profile_trace", default=None, help=argparse.SUPPRESS)  # gpu_profile.py: a trace of the last steps
     a = p.parse_args(argv)
     if a.min_len < 2 or a.max_len < a.min_len:
@@ -245,6 +266,9 @@ def parent_main(a) -> int:
     liger_ok, liger_text = liger_status()
     a.with_liger = liger_ok
     frameworks, dropped = runnable_frameworks(plan_frameworks(a.plan) or a.frameworks, liger_ok, cuda)
+    a.setup_only_names = dict(dropped) if a.rehearse else {}  # --rehearse: their set-up runs, then they stop
+    if a.rehearse:
+        frameworks, dropped = list(plan_frameworks(a.plan) or a.frameworks), {}
     liger_line = f"liger: available ({liger_text})" if liger_ok else f"liger: not available ({liger_text})"
     groups = parse_plan(a.plan, a, frameworks)
     baseline_src = {}
@@ -273,6 +297,8 @@ def parent_main(a) -> int:
     print(liger_line)
     for name, why in dropped.items():
         print(f"{name}: not run ({why})")
+    for name, why in a.setup_only_names.items():
+        print(f"{name}: set-up only ({why})")
     print(f"work folder: {workdir}")
 
     print(f"peak matmul: {peak['gflops_per_s']:.1f} GFLOP/s ({peak['what']}, {peak['threads']} threads)")
@@ -281,14 +307,11 @@ def parent_main(a) -> int:
         "command": command,
         "machine": machine,
         "liger": liger_line,
-        "settings": {
-            k: v
-            for k, v in vars(a).items()
-            if k not in ("worker", "model_dir", "data", "output_dir", "with_liger", "profile_trace")
-        }
+        "settings": {k: v for k, v in vars(a).items() if k not in INTERNAL_ARGS}
         | {
             "frameworks_run": frameworks,
             "not_run": dropped,
+            "setup_only": a.setup_only_names,
             "pairs": n_pairs,
             "device": a.device,
             "plan": [vars(g) for g in groups],

@@ -130,6 +130,34 @@ def test_skipped_workers_read_not_run_and_out_of_memory_is_told_from_other_failu
     assert "| amapo-amapo | not run |" in table and "| trl-cpo-simpo | FAILED: OutOfMemoryError" in table
 
 
+def test_a_set_up_only_entry_reads_set_up_ok_and_trl_dpo_s_fused_head_is_reported_as_seen():
+    """``--rehearse`` (prefstep/setup_only.py): an entry this machine cannot run is neither measured nor a failure;
+    TRL DPO's default fused LM head is reported active only when it was patched in and called."""
+    from prefstep.report import fused_head_lines, headroom_section, progress_text, summarize, vocab_table
+
+    data = {"model": {"params_nonembedding": 10, "hidden_size": 4, "vocab": 8, "num_hidden_layers": 1}}
+    steps = [{"tokens": 100, "response_tokens": 50, "sum_len_sq": 1000}] * 2
+    rehearsed = {"ok": True, "setup_only": True, "setup": "set-up ok: stopped before the first step",
+                 "first_batch": {"tokens": 319}, "notes": ["liger-kernel stand-in (not installed here)"],
+                 "process_wall_s": 12.0}  # fmt: skip
+    summary = summarize("trl-cpo-simpo-liger", [rehearsed], steps, data, peak=1e9)
+    assert summary["setup_only"] and not summary.get("failed") and summary["first_batch"]["tokens"] == 319
+    assert "| trl-cpo-simpo-liger | set-up ok (set-up only: cannot run here) |" in vocab_table(8, {
+        "trl-cpo-simpo-liger": summary}, cuda=False)  # fmt: skip
+    assert progress_text(rehearsed) == "set-up ok (set-up only: cannot run here; 12 s)"
+    cases = {k: {"min_len": n, "max_len": 2 * n, "summary": {"trl-cpo-simpo-liger": summary}} for k, n in
+             (("short", 24), ("long", 64))}  # fmt: skip
+    assert "| trl-cpo-simpo-liger | set-up only | set-up only |" in headroom_section(cases, {"ram_gb": 8}, cuda=False)
+
+    def dpo(head):
+        return {"trl-dpo": {"settings": {"fused_lm_head": head}}}
+
+    (line,) = fused_head_lines(dpo({"patched": True, "triton": True, "calls_with_fused_lm_head": 4}))
+    assert line.startswith("trl-dpo: fused LM head (TRL add_fused_lm_head) ACTIVE") and "Triton kernel" in line
+    (line,) = fused_head_lines(dpo({"patched": True, "triton": False, "calls_with_fused_lm_head": 0}))
+    assert "NOT ACTIVE" in line and "torch fallback" in line
+
+
 def test_headroom_is_measured_where_a_length_ran_out_of_memory_and_extrapolated_where_none_did():
     from prefstep.report import headroom_estimate, headroom_section
 

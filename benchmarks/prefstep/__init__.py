@@ -8,6 +8,7 @@ line and the parent loop. Here, in the order a run uses them:
 * ``measure``: step timing, what each collated batch holds, RSS, the peak matmul throughput, the machine;
 * ``frameworks``: one training run per implementation (amapo, TRL CPO / DPO, the Liger loop);
 * ``workers``: a worker process: the loss check, the dispatch to a framework, the result line it prints;
+* ``setup_only``: ``--rehearse``'s workers: an entry this machine cannot run, run up to its first step;
 * ``runner``: the parent's side of that protocol: the worker command line, its environment, reading its result;
 * ``plan``: which lengths, rounds and frameworks run in which order (``--plan``), and the time budget;
 * ``report``: per-framework summaries (medians, peaks, MFU), the markdown tables, the memory headroom;

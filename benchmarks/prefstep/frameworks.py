@@ -6,6 +6,7 @@ runs"): amapo's ``run_training``, TRL's ``CPOTrainer`` and ``DPOTrainer``, and a
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 
@@ -179,7 +180,36 @@ def run_trl_dpo(a, callbacks: list, result: dict) -> None:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    trainer.train()
+    result["settings"]["fused_lm_head"] = head = watch_fused_lm_head(trainer.model, trainer.args.device)
+    try:
+        trainer.train()
+    finally:
+        head["calls_with_fused_lm_head"] = head.pop("_calls")[0]
+
+
+def watch_fused_lm_head(model, device) -> dict:
+    """TRL 1.15+ gives ``DPOTrainer`` a fused LM head by default: ``add_fused_lm_head`` replaces the policy's
+    ``forward`` with TRL's ``_fused_forward``, which the loss calls with ``fused_lm_head=True`` (per-token log-probs in
+    tiles, no full logits; a Triton kernel on CUDA). Records whether the forward was replaced, whether TRL takes its
+    Triton path on the training device, and (counted while training) how many policy forwards asked for the head."""
+    forward = model.forward
+    code = getattr(getattr(forward, "__func__", forward), "__code__", None)  # (functools.wraps keeps the name)
+    head = {"patched": code is not None and code.co_name == "_fused_forward"}
+    try:
+        from trl.kernels.chunked_logprob import _use_triton  # TRL's own test for its Triton path (private)
+
+        head["triton"] = bool(_use_triton(device))
+    except ImportError:
+        head["triton"] = None
+    calls = head["_calls"] = [0]
+
+    @functools.wraps(forward)  # the Trainer reads forward's signature to choose the dataset's columns
+    def counting_forward(*args, **kwargs):
+        calls[0] += bool(kwargs.get("fused_lm_head"))
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    return head
 
 
 def liger_batches(rows: list[dict], tokenizer, batch: int, n_steps: int):
@@ -276,6 +306,12 @@ def run_liger(a, result: dict) -> dict:
         "optimizer": f"{optimizer_cls.__name__} {optimizer_kwargs}",
         "max_grad_norm": targs.max_grad_norm,
     }
+
+    if getattr(a, "setup_only", False):  # prefstep/setup_only.py: model, batches, optimizer, loss built; stop here
+        from .setup_only import SetupDone
+
+        result["first_batch"] = describe_batch(collate_liger(batches[0], tokenizer.pad_token_id, device))
+        raise SetupDone("set-up ok: stopped before the first step")
 
     def sync():
         if device.type == "cuda":

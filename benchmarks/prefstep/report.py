@@ -26,6 +26,11 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
         summary["failed"] = True
         summary["not_run"] = all(r.get("skipped") for r in runs)
         return summary
+    if all(r.get("setup_only") for r in ok):  # --rehearse: its set-up ran, no step was meant to (setup_only.py)
+        summary["setup_only"] = True
+        summary["notes"] = sorted({n for r in ok for n in r.get("notes", [])})
+        summary["first_batch"] = next((r["first_batch"] for r in ok if r.get("first_batch")), None)
+        return summary
     model = data_info["model"]
     reference = base_framework(framework) in REFERENCE_BASED
     tokens_per_s, step_times, mfu, warnings, seen_batches, per_round = [], [], [], [], [], []
@@ -133,6 +138,24 @@ def phases_text(run: dict) -> str:
     return ", ".join(parts) + ", " if parts else ""
 
 
+def fused_head_lines(summaries: dict[str, dict]) -> list[str]:
+    """TRL DPO's fused LM head (``frameworks.watch_fused_lm_head``): patched in, asked for, and on which kernel."""
+    lines = []
+    for name, s in summaries.items():
+        head = s.get("settings", {}).get("fused_lm_head")
+        if head:
+            active = head.get("patched") and head.get("calls_with_fused_lm_head", 0) > 0
+            kernel = {True: "TRL's Triton kernel", False: "TRL's torch fallback (no Triton here)"}.get(
+                head.get("triton"), "kernel unknown"
+            )
+            lines.append(
+                f"{name}: fused LM head (TRL add_fused_lm_head) {'ACTIVE' if active else 'NOT ACTIVE'}: forward "
+                f"patched {head.get('patched')}, {head.get('calls_with_fused_lm_head')} policy forwards with "
+                f"fused_lm_head=True, {kernel}"
+            )
+    return lines
+
+
 def layout_lines(summaries: dict[str, dict]) -> list[str]:
     lines = []
     for name, s in summaries.items():
@@ -180,6 +203,10 @@ def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
             error = "; ".join(s.get("errors", ["failed"]))[:160].replace("|", "/").replace("\n", " ")
             what = "not run" if s.get("not_run") else f"FAILED: {error}"
             cells = [name, what] + [""] * (len(header) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        if s.get("setup_only"):
+            cells = [name, "set-up ok (set-up only: cannot run here)"] + [""] * (len(header) - 2)
             lines.append("| " + " | ".join(cells) + " |")
             continue
         cells = [
@@ -271,7 +298,8 @@ def case_section(a, key: str, case: dict, peak: dict, cuda: bool) -> str:
         vocab_table(case["vocab"], summaries, cuda),
         "",
     ]
-    notes = loss_comparisons(summaries) + losscheck_lines(case.get("losscheck")) + layout_lines(summaries)
+    notes = (loss_comparisons(summaries) + losscheck_lines(case.get("losscheck")) + fused_head_lines(summaries)
+             + layout_lines(summaries))  # fmt: skip
     for name, s in summaries.items():
         notes += [f"warning: {name}: {w}" for w in s.get("warnings", [])]
         notes += [f"error: {name}: {e}" for e in s.get("errors", [])]
@@ -283,6 +311,8 @@ def case_section(a, key: str, case: dict, peak: dict, cuda: bool) -> str:
 
 def progress_text(result: dict) -> str:
     """The end of a worker's progress line: its median step, peaks and wall time, or why it failed."""
+    if result.get("ok") and result.get("setup_only"):
+        return f"set-up ok (set-up only: cannot run here; {result['process_wall_s']:.0f} s)"
     if result.get("ok"):
         times = result.get("step_times") or [float("nan")]
         return (f"ok (median step {statistics.median(times):.3f} s, peak RSS {result['peak_rss'] / GB:.2f} GiB, "
@@ -322,6 +352,8 @@ def headroom_section(cases: dict[str, dict], machine: dict, cuda: bool) -> str:
             s = c["summary"].get(name)
             if s is None or (s.get("failed") and s.get("not_run")):
                 cells.append("not run")
+            elif s.get("setup_only"):
+                cells.append("set-up only")
             elif s.get("failed"):
                 oom = s.get("out_of_memory")
                 cells.append("out of memory" if oom else "failed")

@@ -62,6 +62,8 @@ def worker_command(a, framework: str, vocab: int, model_dir: Path, data: Path, o
         cmd += ["--liger_no_compile"]
     if a.with_liger:
         cmd += ["--with_liger"]
+    if framework in getattr(a, "setup_only_names", {}):  # --rehearse: an entry this machine cannot run
+        cmd += ["--setup_only"]
     if getattr(a, "profile_trace", None):
         cmd += ["--profile_trace", str(a.profile_trace)]
     return cmd

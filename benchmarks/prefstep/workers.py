@@ -15,6 +15,7 @@ from pathlib import Path
 from .common import (
     AMAPO_FRAMEWORKS,
     GB,
+    LIGER_FRAMEWORKS,
     RESULT_MARKER,
     base_framework,
     framework_options,
@@ -38,6 +39,7 @@ from .frameworks import (
 )
 from .measure import describe_batch, make_step_timer, measure_peak_flops, peak_rss_bytes
 from .profile import make_profiler_callback
+from .setup_only import SetupDone, check_amapo_kernels_as_on_cuda, install_liger_stand_ins, stop_at_first_step
 
 
 def run_losscheck(a, result: dict) -> None:
@@ -137,6 +139,12 @@ def worker_main(a) -> int:
     result["torch_threads"] = torch.get_num_threads()
     start = time.perf_counter()
     try:
+        if a.setup_only:  # prefstep/setup_only.py: as far as this machine allows, then stop at the first step
+            result["setup_only"] = True
+            if a.worker in LIGER_FRAMEWORKS or any(o.startswith("liger") for o in framework_options(a.worker)):
+                result["notes"].append(install_liger_stand_ins())
+            if base_framework(a.worker) in AMAPO_FRAMEWORKS:
+                check_amapo_kernels_as_on_cuda()
         if a.worker == "peak":  # in a subprocess so that the parent never holds a CUDA context
             result["peak_matmul"] = measure_peak_flops(cuda, a.threads)
             if cuda:
@@ -150,7 +158,7 @@ def worker_main(a) -> int:
             result["losses"] = {str(k): v for k, v in record["losses"].items()}
         else:
             timer = make_step_timer(a.warmup, cuda)
-            callbacks = [timer]
+            callbacks = [timer] + ([stop_at_first_step(result)] if a.setup_only else [])
             if a.profile_trace:  # gpu_profile.py: the last steps under torch.profiler
                 callbacks.append(make_profiler_callback(a.profile_trace, a.warmup + a.steps, cuda))
             if base_framework(a.worker) in AMAPO_FRAMEWORKS:
@@ -175,6 +183,8 @@ def worker_main(a) -> int:
             if timer.counter.error:
                 result["notes"].append(f"batch counter: {timer.counter.error}")
         result["ok"] = True
+    except SetupDone as done:
+        result["ok"], result["setup"] = True, str(done)
     except BaseException as e:  # report, never crash silently: the parent reads the marker line
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()[-4000:]
