@@ -47,6 +47,8 @@ TRAINER_HOOKS = {  # method -> its parameters after self, as amapo calls or over
     "prediction_step": ("model", "inputs", "prediction_loss_only", "ignore_keys"),
     "evaluation_loop": ("dataloader", "description", "prediction_loss_only", "ignore_keys", "metric_key_prefix"),
     "log": ("logs", "start_time"),
+    "get_train_dataloader": (),  # sequence parallelism deals each batch over the SP group
+    "get_total_train_batch_size": ("args",),  # ... and counts data-parallel ranks only
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -32,21 +32,39 @@ class PreferenceCollator:
       causal, except that rejected tokens do not see chosen ones. Rejected positions restart after the prompt,
       and the first rejected token is predicted from the last prompt token, so every log-prob equals the
       padded layout's (tested). Needs an attention that takes a custom 4D mask (eager, sdpa).
-    * ``packed``: R = 1 row, the 2B sequences back to back, no padding; ``position_ids`` restart at 0 per
-      sequence, which flash-attention's varlen kernels (and transformers' packed-sequence masks) read as
-      sequence boundaries.
+    * ``packed``: the 2B sequences back to back; ``position_ids`` restart at 0 per sequence, which
+      flash-attention's varlen kernels (and transformers' packed-sequence masks) read as sequence boundaries.
+      ``packed_rows="one"``: R = 1 row, no padding (flash-attention's varlen kernels take one row);
+      ``"longest"``: the sequences packed first-fit, longest first, into rows as wide as the longest one, the
+      rest of a row padded (its positions restart at 0: a sequence of its own, never read), so that an attention
+      that masks densely (eager, sdpa) gets rows x longest^2, not (all tokens)^2.
+
+    ``choose_layout``: called with the batch's (prompt, chosen, rejected) token counts, it names the layout of
+    this batch (``amapo.model.layouts.LayoutChoice``: shared_prompt or padded by their memory on eager / sdpa);
+    ``layout="auto"`` needs it. The model side reads the layout off the batch's keys.
 
     The pad id only fills positions that no mask lets through; any id the embedding accepts would do.
     """
 
-    def __init__(self, pad_token_id: int, extra_columns: Sequence[str] = (), layout: str = "padded") -> None:
+    def __init__(
+        self,
+        pad_token_id: int,
+        extra_columns: Sequence[str] = (),
+        layout: str = "padded",
+        choose_layout: Callable[[list[tuple[int, int, int]]], str] | None = None,
+        packed_rows: str = "one",
+    ) -> None:
         if pad_token_id is None:
             raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to tokenizer.eos_token)")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout not in LAYOUTS and not (layout == "auto" and choose_layout is not None):
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (or auto with choose_layout), got {layout!r}")
+        if packed_rows not in ("one", "longest"):
+            raise ValueError(f"packed_rows must be one or longest, got {packed_rows!r}")
         self.pad_token_id = int(pad_token_id)
         self.extra_columns = tuple(extra_columns)
         self.layout = layout
+        self.choose_layout = choose_layout
+        self.packed_rows = packed_rows
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if not features:
@@ -54,8 +72,14 @@ class PreferenceCollator:
         pairs = [
             (list(f["prompt_input_ids"]), list(f["chosen_input_ids"]), list(f["rejected_input_ids"])) for f in features
         ]
-        arrange = {"padded": padded_rows, "shared_prompt": shared_prompt_rows, "packed": packed_row}[self.layout]
-        batch = arrange(pairs, self.pad_token_id)
+        layout = self.layout
+        if self.choose_layout is not None:
+            layout = self.choose_layout([(len(p), len(c), len(r)) for p, c, r in pairs])
+        if layout == "packed" and self.packed_rows == "longest":
+            batch = packed_rows_of_longest(pairs, self.pad_token_id)
+        else:
+            arrange = {"padded": padded_rows, "shared_prompt": shared_prompt_rows, "packed": packed_row}[layout]
+            batch = arrange(pairs, self.pad_token_id)
         for name in self.extra_columns:
             missing = [i for i, feature in enumerate(features) if feature.get(name) is None]
             if missing:
@@ -65,8 +89,8 @@ class PreferenceCollator:
 
 
 def row_length(layout: str, prompt: int, chosen: int, rejected: int) -> int:
-    """Tokens per row of a pair in ``layout``: what length-grouped batching groups by."""
-    if layout == "shared_prompt":
+    """Tokens per row of a pair in ``layout``: what length-grouped batching groups by (auto: shared_prompt's)."""
+    if layout in ("shared_prompt", "auto"):
         return prompt + chosen + rejected
     if layout == "packed":
         return 2 * prompt + chosen + rejected
@@ -161,6 +185,36 @@ def packed_row(pairs, pad_token_id: int) -> dict[str, torch.Tensor]:
         "position_ids": torch.tensor([positions], dtype=torch.long),
         **table.tensors(),
     }
+
+
+def packed_rows_of_longest(pairs, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The packed layout in rows as wide as the longest sequence: first-fit, longest sequence first."""
+    sequences = sorted(_sequences(pairs), key=lambda s: -(len(s[1]) + len(s[2])))  # stable: ties keep their order
+    width = len(sequences[0][1]) + len(sequences[0][2])
+    rows: list[list] = []
+    used: list[int] = []  # tokens in each row
+    for sequence in sequences:
+        size = len(sequence[1]) + len(sequence[2])
+        index = next((i for i, tokens in enumerate(used) if tokens + size <= width), len(rows))
+        if index == len(rows):
+            rows.append([])
+            used.append(0)
+        rows[index].append(sequence)
+        used[index] += size
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    table = _Table(len(sequences))
+    for index, row in enumerate(rows):
+        start = 0
+        for owner, prompt, response in row:
+            p, end = len(prompt), start + len(prompt) + len(response)
+            input_ids[index, start:end] = torch.tensor(prompt + response, dtype=torch.long)
+            position_ids[index, start:end] = torch.arange(end - start)
+            base = index * width + start
+            table.add(owner, range(base + p - 1, base + p + len(response) - 1), response)
+            start = end
+        position_ids[index, start:] = torch.arange(width - start)  # the padding: a sequence of its own
+    return {"input_ids": input_ids, "position_ids": position_ids, **table.tensors()}
 
 
 def device_batches(dataset, collator, batch_size: int, device) -> Iterator[dict[str, torch.Tensor]]:

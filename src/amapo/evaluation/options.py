@@ -79,7 +79,8 @@ class EvalConfig:
         default=None,
         metadata={
             "help": "Attention kernel: eager, sdpa, flex_attention, flash_attention_2 (default: transformers'); "
-            "the batch layout follows it (shared_prompt on eager/sdpa/flex_attention, packed on flash-attention)."
+            "the batch layout follows it (shared_prompt on flex_attention, packed on flash-attention; on eager/sdpa "
+            "shared_prompt or padded per batch, whichever costs less memory)."
         },
     )
 

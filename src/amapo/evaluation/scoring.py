@@ -25,9 +25,11 @@ from amapo.data import PreferenceCollator
 from amapo.data.collator import device_batches
 from amapo.evaluation.response_sets import response_scores, response_set_metrics
 from amapo.evaluation.sets import LoadedSet
+from amapo.hf_internals import attention_implementation
 from amapo.losses import PreferenceInputs, PreferenceLoss
-from amapo.model.layouts import layout_of_model
+from amapo.model.layouts import DenseMaskCost, collator_options, layout_of_model
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
+from amapo.model.wrappers import causal_lm_of
 
 
 def slice_pairs(inputs: PreferenceInputs, start: int, stop: int) -> PreferenceInputs:
@@ -43,7 +45,8 @@ def compute_pair_logps(
     """Log-probs of every pair of a tokenized dataset (``amapo.data.tokenize_dataset``), in dataset order.
 
     Reference log-probs come from the dataset's ``ref_*`` columns when present, else from ``ref_model``.
-    ``layout``: the collator's batch layout (auto: the fastest that the model's attention computes exactly).
+    ``layout``: the collator's batch layout (auto: the fastest that the model's attention computes exactly; on
+    eager / sdpa shared_prompt or padded per batch, by the memory each costs without gradients).
     """
     device = device or next(model.parameters()).device
     model.eval()
@@ -51,10 +54,13 @@ def compute_pair_logps(
         if scorer is not None and hasattr(scorer, "get_output_embeddings"):  # a transformers causal LM
             enable_response_logps(scorer)
     layout = layout_of_model(layout, model)
+    config = getattr(causal_lm_of(model), "config", None)
+    attention = attention_implementation(config)
+    cost = DenseMaskCost.of(config, attention, getattr(model, "dtype", None), training=False) if config else None
     has_offsets = "offset" in dataset.column_names
     has_ref_columns = all(c in dataset.column_names for c in REFERENCE_COLUMNS)
     extra = (["offset"] if has_offsets else []) + (list(REFERENCE_COLUMNS) if has_ref_columns else [])
-    collator = PreferenceCollator(pad_token_id, extra_columns=extra, layout=layout)
+    collator = PreferenceCollator(pad_token_id, extra_columns=extra, **collator_options(layout, attention, cost))
     parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(PreferenceInputs)}
     for batch in device_batches(dataset, collator, batch_size, device):
         logps, lengths = sequence_logps(model, batch)

@@ -96,10 +96,16 @@ def standardized_gap(values: torch.Tensor, stats: BatchStats) -> torch.Tensor:
 
 
 class RankGather:
-    """Every rank's values, concatenated in rank order, without gradient (see ``all_gather_detached``)."""
+    """Every rank's values, concatenated in rank order, without gradient (see ``all_gather_detached``).
 
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+    ``every`` k > 1: the values of ranks 0, k, 2k, ... only, and a rank's place is that of the first rank of its
+    block of k. Under sequence parallelism each block of k consecutive ranks holds one micro-batch (every rank of it
+    the same, reduced values), so the statistics pool over data-parallel ranks only, each pair counted once.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None, every: int = 1) -> None:
         self.group = group
+        self.every = every
 
     def locate(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(every rank's values, where this rank's start among them)."""
@@ -115,19 +121,21 @@ class RankGather:
         padded[: local.numel()] = local
         parts = [torch.empty_like(padded) for _ in range(world_size)]
         dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]), sum(counts[:rank])
+        k = self.every
+        kept = [part[:n] for part, n in zip(parts[::k], counts[::k], strict=True)]
+        return torch.cat(kept), sum(counts[: rank - rank % k : k])
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         return self.locate(values)[0]
 
 
-def all_gather_detached(group: dist.ProcessGroup | None = None) -> RankGather:
+def all_gather_detached(group: dist.ProcessGroup | None = None, every: int = 1) -> RankGather:
     """A gather function that concatenates every rank's values (rank order), without gradient.
 
     Ranks may hold different numbers of pairs (a last, smaller batch); sizes are exchanged first. Outside an
-    initialized process group, or with one process, it returns its input unchanged.
+    initialized process group, or with one process, it returns its input unchanged. ``every``: see ``RankGather``.
     """
-    return RankGather(group)
+    return RankGather(group, every)
 
 
 class StepStatistics:
@@ -141,7 +149,8 @@ class StepStatistics:
     values: the eval batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 1) -> None:
+        self.every = every  # one rank per block of ``every``: a sequence-parallel group (``RankGather``)
         self.values: torch.Tensor | None = None
         self.starts: list[int] = []
         self.sizes: list[int] = []
@@ -153,12 +162,13 @@ class StepStatistics:
         sizes = [v.numel() for v in micro_batches]
         local = torch.cat([v.detach().reshape(-1) for v in micro_batches])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world_size, rank = dist.get_world_size(), dist.get_rank()
-            gathered_sizes = all_gather_detached()(torch.tensor(sizes, device=local.device, dtype=torch.long))
+            world_size, rank = dist.get_world_size() // self.every, dist.get_rank() // self.every
+            gather = all_gather_detached(every=self.every)
+            gathered_sizes = gather(torch.tensor(sizes, device=local.device, dtype=torch.long))
             if gathered_sizes.numel() != world_size * len(sizes):
                 raise RuntimeError("ranks hold different numbers of micro-batches in one optimizer step")
             table = gathered_sizes.reshape(world_size, len(sizes)).tolist()  # [rank][micro-batch]
-            per_rank = all_gather_detached()(local).split([sum(row) for row in table])
+            per_rank = gather(local).split([sum(row) for row in table])
             chunks = [part.split(row) for part, row in zip(per_rank, table, strict=True)]
             self.values = torch.cat([chunks[r][k] for k in range(len(sizes)) for r in range(world_size)])
             before = [sum(table[r][k] for r in range(world_size)) for k in range(len(sizes))]
@@ -210,11 +220,18 @@ class PoolGather:
         return Pools(values=pools, local_counts=counts)
 
 
-def margin_statistics(scope: str, pool_size: int | None) -> tuple[GatherFn | None, StepStatistics | None]:
+def margin_statistics(
+    scope: str, pool_size: int | None, every: int = 1
+) -> tuple[GatherFn | None, StepStatistics | None]:
     """The ``gather`` a loss's adaptive statistics pool over, for ``scope`` (micro_batch, all_ranks, optimizer_step)
     cut into pools of ``pool_size`` (None: one pool), and the ``StepStatistics`` a trainer fills before each step
-    when the scope is the optimizer step (else None)."""
-    sources = {"micro_batch": None, "all_ranks": all_gather_detached(), "optimizer_step": StepStatistics()}
+    when the scope is the optimizer step (else None). ``every``: the sequence-parallel size (ranks are then pooled
+    one per SP group, ``RankGather``)."""
+    sources = {
+        "micro_batch": None,
+        "all_ranks": all_gather_detached(every=every),
+        "optimizer_step": StepStatistics(every),
+    }
     if scope not in sources:
         raise ValueError(f"margin statistics scope must be one of {', '.join(sources)}, got {scope!r}")
     source = sources[scope]

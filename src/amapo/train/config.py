@@ -12,6 +12,8 @@ from transformers import TrainingArguments
 from amapo.errors import UserError
 from amapo.losses import loss_spec
 from amapo.train.options import TrainOptions, check_number
+from amapo.train.sequence_parallel import check_options as check_sequence_parallel
+from amapo.train.sequence_parallel import deepspeed_enabled
 
 
 @dataclass
@@ -31,6 +33,7 @@ class TrainConfig(TrainOptions, TrainingArguments):
         if self.max_steps != -1 and self.max_steps < 1:
             raise UserError(f"--max_steps must be -1 (off) or > 0, got {self.max_steps}")
         self.margin_pool()  # a pool size that cannot work: a clear error now
+        check_sequence_parallel(self.sequence_parallel_size, self.world_size, deepspeed_enabled(self))
 
     def liger_without_its_loss(self) -> None:
         """``--use_liger_kernel``: Liger's RMSNorm, SwiGLU and RoPE kernels only. Its fused linear cross-entropy
@@ -68,7 +71,7 @@ class TrainConfig(TrainOptions, TrainingArguments):
                 f"--margin_pool_size applies to margins taken from batch statistics (amapo, amapo-released and "
                 f"the ablations); method {self.method!r} has none"
             )
-        processes, per_device = self.world_size, self.per_device_train_batch_size
+        processes, per_device = self.data_parallel_size(), self.per_device_train_batch_size
         steps = self.gradient_accumulation_steps
         for scope, held in (("micro_batch", per_device), ("all_ranks", processes * per_device)):
             if held % size == 0:
@@ -84,6 +87,10 @@ class TrainConfig(TrainOptions, TrainingArguments):
                 "accumulation steps"
             )
         return "optimizer_step", (None if total == size else size)
+
+    def data_parallel_size(self) -> int:
+        """Processes that hold different pairs: all of them, or one per sequence-parallel group."""
+        return max(1, self.world_size // max(1, self.sequence_parallel_size))
 
     def model_options(self) -> dict:
         """``amapo.model.loading.load_model``'s options for this run's policy and reference."""

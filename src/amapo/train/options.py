@@ -45,6 +45,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "max_length": (1, None, ">= 1"),
     "max_prompt_length": (1, None, ">= 1"),
     "lm_head_chunk_size": (0, None, ">= 0"),
+    "sequence_parallel_size": (1, None, ">= 1"),
     "lora_r": (1, None, ">= 1"),
     "lora_alpha": (0, None, "> 0"),
     "lora_dropout": (0, 1, "in [0, 1)"),
@@ -137,9 +138,10 @@ class TrainOptionsBase:
         default="auto",
         metadata={
             "help": "How a batch of pairs is laid out for the forward pass: shared_prompt (prompt once per pair, "
-            "needs eager, sdpa or flex_attention), packed (no padding, for flash-attention or flex_attention), "
-            "padded, or auto (shared_prompt on eager/sdpa/flex_attention, packed on flash-attention, padded "
-            "otherwise)."
+            "needs eager, sdpa or flex_attention; on eager/sdpa a dense [B, 1, T, T] mask), packed (no padding on "
+            "flash-attention or flex_attention; on eager/sdpa rows as wide as the longest sequence), padded, or "
+            "auto (shared_prompt on flex_attention, packed on flash-attention, on eager/sdpa shared_prompt or "
+            "padded per batch, whichever costs less memory at its lengths; padded otherwise)."
         },
     )
     lm_head_chunk_size: int = field(
@@ -152,6 +154,14 @@ class TrainOptionsBase:
             "help": "How response log-probs leave the LM head without full logits: chunked (PyTorch, chunk by "
             "chunk), compiled (the same chunks through torch.compile, fused), liger (Liger-Kernel's fused linear "
             "cross-entropy, per token; CUDA)."
+        },
+    )
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Processes that hold each micro-batch together, every one a slice of every sequence (DeepSpeed's "
+            "Ulysses; launch with DeepSpeed, e.g. the packaged zero3.yaml). It must divide the processes; the others "
+            "are data-parallel. Layouts: padded (sdpa, flex_attention, flash-attention) or packed (flash-attention)."
         },
     )
     chat_template: str | None = field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -21,11 +22,12 @@ from amapo.data.invalid import describe
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.losses.stats import margin_statistics
-from amapo.model.layouts import layout_for
+from amapo.model.layouts import DenseMaskCost, collator_options, layout_for
 from amapo.model.lm_head import LogitTransform, check_kernel
 from amapo.model.loading import check_positions, load_model, load_model_config, load_tokenizer
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
 from amapo.run_files import METRICS_FILE, RESULTS_FILE
+from amapo.train import sequence_parallel
 from amapo.train.callbacks import JsonlMetricsCallback, LiveProgressCallback, SavedFileModesCallback
 from amapo.train.config import TrainConfig
 from amapo.train.fingerprint import data_record
@@ -172,9 +174,19 @@ def eval_splits(config: TrainConfig, tokenizer, needs_offsets: bool, layout: str
 
 
 def batch_layout(config: TrainConfig, model_config) -> str:
-    """The collator layout for this run (``--batch_layout``; auto: what the model's attention computes fastest)."""
+    """The collator layout for this run (``--batch_layout``; auto: what the model's attention computes fastest; on
+    eager / sdpa ``auto``, shared_prompt or padded per batch: ``batch_layout_options``)."""
     window = getattr(model_config.get_text_config(), "sliding_window", None)
     return layout_for(config.batch_layout, config.attn_implementation, window, config.max_length)
+
+
+def batch_layout_options(config: TrainConfig, model_config, layout: str) -> dict:
+    """The collator's arguments for ``layout`` (``amapo.model.layouts.collator_options``): on eager / sdpa, auto
+    and shared_prompt weighed per batch by the memory each costs while training this model."""
+    checkpointing = bool(config.gradient_checkpointing)
+    attention = config.attn_implementation
+    cost = DenseMaskCost.of(model_config, attention, config.load_dtype(), training=True, checkpointing=checkpointing)
+    return collator_options(layout, attention, cost, announce=config.process_index == 0)
 
 
 @torch.no_grad()
@@ -189,6 +201,15 @@ def precompute_reference_logps(ref_model, dataset, collator, batch_size: int, de
         chosen.extend(logps[:n].tolist())
         rejected.extend(logps[n:].tolist())
     return dataset.add_column(REFERENCE_COLUMNS[0], chosen).add_column(REFERENCE_COLUMNS[1], rejected)
+
+
+def whole_weights(model) -> contextlib.AbstractContextManager:
+    """The model's whole weights on every process for a while: ZeRO-3 loads each rank a shard (``zero.Init``)."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
@@ -227,7 +248,7 @@ def whole_run_loss(trainer: PreferenceTrainer, checkpoint: str | None, session_l
 
 def planned_steps(config: TrainConfig, pairs: int) -> int:
     """Optimizer steps of a run bounded by epochs, at least (the Trainer's count, without its rounding up)."""
-    per_step = config.per_device_train_batch_size * config.world_size * config.gradient_accumulation_steps
+    per_step = config.per_device_train_batch_size * config.data_parallel_size() * config.gradient_accumulation_steps
     return int(pairs * config.num_train_epochs // per_step)
 
 
@@ -297,6 +318,7 @@ def run_training(config: TrainConfig, callbacks: list | None = None) -> TrainRes
     check_weight_dtype(config, model_config)  # before tokenizing or loading anything large
     check_positions(config.max_length, model_config, config.model_name_or_path)
     check_kernels(config, model_config)
+    sequence_parallel.check_model(config.sequence_parallel_size, model_config, config.attn_implementation)
     tokenizer = load_tokenizer(
         model_path, trust_remote_code=config.trust_remote_code, chat_template=config.chat_template
     )
@@ -323,10 +345,13 @@ def train_in_folder(
     callbacks: list | None = None,
 ) -> TrainResult:
     """The run itself, in the output folder ``run_training`` holds and has cleared or checked for a resume."""
-    gather, step_statistics = margin_statistics(*config.margin_pool())
+    sp_size = config.sequence_parallel_size
+    gather, step_statistics = margin_statistics(*config.margin_pool(), every=sp_size)
     loss_fn = config.build_loss(gather=gather)  # built once, with the pairs its statistics pool over
     layout = batch_layout(config, model_config)
+    layout = sequence_parallel.layout(sp_size, config.batch_layout, layout, config.attn_implementation)
     logger.info("batch layout: %s", layout)
+    layout_options = batch_layout_options(config, model_config, layout)  # the reference pass shares its choices
     needs_offsets = loss_fn.needs_offsets
     train_split = prepare_split(config.dataset, config.train_split, tokenizer, config, needs_offsets, layout=layout)
     trained_on = data_record(train_split, config.dataset, config.train_split)
@@ -353,24 +378,30 @@ def train_in_folder(
         ref_model = load_model(resolve_source(config.ref_model_name_or_path or model_path), **config.model_options())
         ref_model.requires_grad_(False).eval()
     if ref_model is not None and config.precompute_ref_logps:
-        collator = PreferenceCollator(tokenizer.pad_token_id, layout=layout)
+        collator = PreferenceCollator(tokenizer.pad_token_id, **layout_options)
         compute = lambda ds: precompute_reference_logps(  # noqa: E731
             ref_model, ds, collator, config.per_device_eval_batch_size, config.device
         )
-        train_dataset = compute(train_dataset)
-        eval_datasets = {name: compute(ds) for name, ds in eval_datasets.items()}
+        with whole_weights(ref_model):  # (no engine runs it: ZeRO-3's zero.Init left each rank a shard)
+            train_dataset = compute(train_dataset)
+            eval_datasets = {name: compute(ds) for name, ds in eval_datasets.items()}
         ref_model, has_ref_columns = None, True
     if loss_fn.needs_reference and has_ref_columns:
         extra_columns += list(REFERENCE_COLUMNS)
+    collator = RowIndexCollator(
+        PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns, **layout_options)
+    )
+    sp = None
+    if sp_size > 1:  # each batch sliced over the group, attention through DeepSpeed's Ulysses
+        sp = sequence_parallel.SequenceParallel(sp_size, tokenizer.pad_token_id).setup(model)
+        collator = sequence_parallel.ShardableBatches(collator, sp_size, tokenizer.pad_token_id)
 
     trainer = PreferenceTrainer(
         model=model,
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets or None,
-        data_collator=RowIndexCollator(
-            PreferenceCollator(tokenizer.pad_token_id, extra_columns=extra_columns, layout=layout)
-        ),
+        data_collator=collator,
         processing_class=tokenizer,
         loss_fn=loss_fn,
         step_statistics=step_statistics,
@@ -378,6 +409,7 @@ def train_in_folder(
         lm_head_kernel=config.lm_head_kernel,
         ref_model=ref_model,
         data_record=trained_on,
+        sequence_parallel=sp,
         nonfinite_guard=(guard := NonFiniteGuard(config.max_nonfinite_steps, output_dir / NONFINITE_FILE)),
     )
     if trainer.pop_callback(ProgressCallback) is not None:

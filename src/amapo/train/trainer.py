@@ -8,6 +8,7 @@ what it needs (``needs_reference``, ``needs_offsets``); the step never asks whic
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence
 from amapo.train.fingerprint import write_data_record
 from amapo.train.reliability import NonFiniteGuard, mark_checkpoint_complete, rotate_checkpoints
 from amapo.train.report import write_resolved_config
+from amapo.train.sequence_parallel import SequenceParallel, local_batch
 
 check_trainer_hooks(Trainer)  # the transformers internals PreferenceTrainer overrides are there, as it expects
 
@@ -76,13 +78,15 @@ class PreferenceTrainer(Trainer):
         ref_model: torch.nn.Module | None = None,
         nonfinite_guard: NonFiniteGuard | None = None,
         data_record: dict | None = None,
+        sequence_parallel: SequenceParallel | None = None,
         **kwargs,
     ):
         """``loss_fn`` comes built with its ``gather`` (``margin_statistics``); ``step_statistics`` is that gather's
         source when the statistics span the optimizer step (the trainer fills it before each step);
         ``lm_head_chunk_size``: tokens per LM-head chunk (0: 128 MiB of fp32 logits); ``lm_head_kernel``: chunked,
         compiled or liger (``amapo.model.lm_head``); ``data_record``: the training rows' fingerprint, written into
-        each checkpoint (``amapo.train.fingerprint``)."""
+        each checkpoint (``amapo.train.fingerprint``); ``sequence_parallel``: the Ulysses group that holds each
+        training batch together (``amapo.train.sequence_parallel``), None without sequence parallelism."""
         self.nonfinite_guard = nonfinite_guard  # before super().__init__, which may create the optimizer
         if kwargs.get("model") is not None:  # before the Trainer wraps it (DDP, FSDP, DeepSpeed)
             enable_response_logps(kwargs["model"], lm_head_chunk_size, lm_head_kernel)
@@ -94,10 +98,28 @@ class PreferenceTrainer(Trainer):
         self.step_statistics = step_statistics
         self.ref_model = None
         if ref_model is not None:
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            self.ref_model = self.prepared_reference(ref_model)
         self._metrics = {"train": MetricStore(), "eval": MetricStore()}
         self.run_loss = RunLoss(self.args.device)
         self.data_record = data_record
+        self.sequence_parallel = sequence_parallel
+
+    def prepared_reference(self, ref_model: torch.nn.Module) -> torch.nn.Module:
+        """The frozen reference on this run's devices; under ZeRO-3 in a DeepSpeed engine of its own.
+
+        ZeRO-3 loads every model in shards (``zero.Init``), and only an engine gathers a module's weights around its
+        forward: accelerate's ``prepare_model`` leaves the reference a shard on each rank (an embedding of 0 rows).
+        Its own engine, without optimizer, keeps it sharded (as TRL's ``prepare_deepspeed`` does); every rank calls
+        it in step, as it does the policy. Stages 0-2 hold whole weights: the reference is only moved.
+        """
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None or plugin.zero_stage != 3:
+            return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        import deepspeed
+
+        engine, *_ = deepspeed.initialize(model=ref_model, config=inference_config(plugin.deepspeed_config, ref_model))
+        engine.eval()
+        return engine
 
     def steps_taken(self) -> int:
         """Optimizer steps taken in this session (skipped non-finite ones not counted)."""
@@ -111,6 +133,18 @@ class PreferenceTrainer(Trainer):
         if self.nonfinite_guard is not None:
             self.nonfinite_guard.wrap(optimizer, step_number=lambda: self.state.global_step + 1)
         return optimizer
+
+    def get_train_dataloader(self):
+        """The Trainer's loader; under sequence parallelism each batch dealt as slices over the SP group."""
+        dataloader = super().get_train_dataloader()
+        if self.sequence_parallel is None:
+            return dataloader
+        return self.sequence_parallel.adapt(dataloader, self.args.device)
+
+    def get_total_train_batch_size(self, args) -> int:
+        """Pairs per optimizer step: the SP group holds one micro-batch, so data-parallel ranks are world / SP."""
+        size = super().get_total_train_batch_size(args)
+        return size // self.sequence_parallel.size if self.sequence_parallel is not None else size
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the step's micro-batches; for statistics over the optimizer step, score all of them first.
@@ -134,8 +168,8 @@ class PreferenceTrainer(Trainer):
         (none if the loss has no batch statistics)."""
         values = []
         for batch in batches:
-            inputs = self._prepare_inputs(batch)
-            x = self.pair_inputs(self.model_wrapped, inputs).at_least_fp32()
+            inputs, sliced = self.unpacked(self._prepare_inputs(batch))
+            x = self.pair_inputs(self.model_wrapped, inputs, sliced).at_least_fp32()
             value = self.loss_fn.batch_statistic(self.loss_fn.scores_of(x), x)
             if value is None:
                 return []
@@ -153,11 +187,23 @@ class PreferenceTrainer(Trainer):
         self._metrics[mode].add(metrics, weight=out.losses.shape[0])
         return (out.loss, out) if return_outputs else out.loss
 
-    def pair_inputs(self, model, inputs: dict[str, torch.Tensor]) -> PreferenceInputs:
+    def unpacked(self, inputs: dict) -> tuple[dict, bool]:
+        """(the batch in the collator's form, whether it is this rank's slice of sequences the SP group shares)."""
+        if self.sequence_parallel is None:
+            return inputs, False
+        return local_batch(inputs)
+
+    def sequence_logps(self, model, inputs: dict, sliced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole sequences' summed response log-probs and lengths (reduced over the SP group for a slice)."""
+        if self.sequence_parallel is None:
+            return sequence_logps(model, inputs)
+        return self.sequence_parallel.sequence_logps(model, inputs, sliced)
+
+    def pair_inputs(self, model, inputs: dict[str, torch.Tensor], sliced: bool = False) -> PreferenceInputs:
         """The loss's inputs for a collated batch: policy log-probs (one forward pass), reference, offsets."""
-        logps, lengths = sequence_logps(model, inputs)
+        logps, lengths = self.sequence_logps(model, inputs, sliced)
         n = logps.shape[0] // 2  # sequences [0, n) are prompt + chosen, [n, 2n) prompt + rejected
-        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        ref_chosen, ref_rejected = self.reference_logps(model, inputs, sliced)
         return PreferenceInputs(
             chosen_logps=logps[:n],
             rejected_logps=logps[n:],
@@ -169,7 +215,8 @@ class PreferenceTrainer(Trainer):
         )
 
     def preference_step(self, model, inputs: dict[str, torch.Tensor]) -> tuple[LossOutput, dict[str, float]]:
-        x = self.pair_inputs(model, inputs)
+        inputs, sliced = self.unpacked(inputs)
+        x = self.pair_inputs(model, inputs, sliced)
         self.loss_fn.train(model.training)  # running statistics (alpha-DPO) advance only in training
         if self.step_statistics is not None:
             self.step_statistics.active = model.training
@@ -190,7 +237,7 @@ class PreferenceTrainer(Trainer):
         )
         return out, metrics
 
-    def reference_logps(self, model, inputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def reference_logps(self, model, inputs, sliced: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Precomputed columns if the batch has them, else the frozen reference (or the adapter-free policy)."""
         if not self.loss_fn.needs_reference:
             return None, None
@@ -198,11 +245,11 @@ class PreferenceTrainer(Trainer):
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         with torch.no_grad():
             if self.ref_model is not None:
-                logps, _ = sequence_logps(self.ref_model, inputs)
+                logps, _ = self.sequence_logps(self.ref_model, inputs, sliced)
             else:  # LoRA: the reference is the base model, i.e. the policy with its adapters switched off
                 unwrapped = self.accelerator.unwrap_model(model)
                 with unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else contextlib.nullcontext():
-                    logps, _ = sequence_logps(model, inputs)
+                    logps, _ = self.sequence_logps(model, inputs, sliced)
         n = logps.shape[0] // 2
         return logps[:n], logps[n:]
 
@@ -252,6 +299,22 @@ class PreferenceTrainer(Trainer):
             drained = self._metrics["train"].drain(self.accelerator)
             logs.update({k: v for k, v in drained.items() if k not in logs})  # keep the Trainer's GA-aware loss
         super().log(logs, start_time)
+
+
+def inference_config(config: dict, model: torch.nn.Module) -> dict:
+    """A training run's DeepSpeed config for an engine that only runs forward passes (the reference): no optimizer,
+    scheduler or optimizer offload, and the sizes left ``auto`` (the Trainer fills them for its own engine only)
+    from the model's hidden size, as transformers' ``trainer_config_finalize`` does."""
+    config = copy.deepcopy(config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    zero = config.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    hidden = model.config.get_text_config().hidden_size
+    sizes = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+             "stage3_param_persistence_threshold": 10 * hidden}  # fmt: skip
+    zero.update({k: v for k, v in sizes.items() if zero.get(k) == "auto"})
+    return config
 
 
 class RunLoss:
