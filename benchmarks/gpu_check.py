@@ -17,7 +17,14 @@ order (``PEERS``, ``OPTIONS_ALONE``, ``LONG``, ... below):
    compile, liger-simpo, trl-cpo-simpo, trl-cpo-simpo-liger;
 3. 1-2k: amapo +compile alone, and every option together (compile included);
 4. 1-2k, the second round: amapo-amapo, trl-dpo, trl-cpo-simpo, liger-simpo, and amapo-simpo (its step-1 loss
-   against TRL's).
+   against TRL's);
+5. long context (issue 35), lowest priority: amapo-amapo and trl-dpo at 8k, 16k and 32k words per prompt + response
+   (``LONG_CONTEXT``; min = max, so no padding: each sequence is the length + 2 tokens), one round each; out of
+   memory is a result (the memory headroom table gives each one's longest pair trained). By a rough estimate
+   (activations without checkpointing, ~180 KB per token and layer in bf16, plus weights, gradients and AdamW
+   state), 8k needs ~90 GB (amapo, its prompt shared) to ~115 GB (TRL DPO): over an H100's memory, within an
+   H200's; 16k and 32k run out of memory on either. The sweep with the lengths in between, on the benchmark's small
+   model, is ``benchmarks/memory_vs_length.py --device cuda``.
 
 The benchmark's table, per-round medians, first-step vs steady CUDA peaks, MFU and the memory headroom.
 
@@ -49,7 +56,8 @@ worker 25 + 60 s of compiling (not yet measured on a GPU). Part 1, 345 s less ~1
 carried wheels in the CPU rehearsal) and the import probe: the benchmark's budget is ~315 s; start 45 + warm-up
 worker 39 + group 1 (9 workers: 7 x 25 + 2 x 30 = 235 s) = 319 s. So group 1 is what part 1 measures (its last
 entries are the first a slow start cuts); group 2 (6 x 35 = 210 s), group 3 (2 x 85 s) and group 4 (5 x 25 s) run
-as far as these estimates were high, in that order (amapo-amapo and trl-dpo at 4-8k first). Part 2, ~335 s after
+as far as these estimates were high, in that order (amapo-amapo and trl-dpo at 4-8k first), then group 5 (6
+workers, ~35 s each: the start, then an out-of-memory error or three steps of a few seconds). Part 2, ~335 s after
 the install: engines (3 x 34 s, the model and data built first) ~110 s + layouts 2 x 28 s + the default run 40 s
 + the CUDA tests ~30 s (pytest's start, Triton compiling Liger's kernels) + the profile (start 45 s, 2 workers
 x 25 s) ~95 s = ~330 s: sampling, last, gets what is left (it is the first step a slow start cuts).
@@ -97,24 +105,28 @@ FAST = "amapo-amapo+flex+liger-head+liger-kernels"  # every option but compile (
 COMPILED = "amapo-amapo+compile amapo-amapo+flex+liger-head+liger-kernels+compile"  # compile alone; all together
 LONG = f"amapo-amapo trl-dpo {FAST} liger-simpo trl-cpo-simpo trl-cpo-simpo-liger"  # 4-8k: memory, one round
 SECOND_ROUND = "amapo-amapo trl-dpo trl-cpo-simpo liger-simpo amapo-simpo"  # amapo-simpo: step-1 loss vs TRL's
+LONG_CONTEXT = "amapo-amapo trl-dpo"  # issue 35: memory at long pairs, one length a group, last
 
 
-def part_1_plan(short: str, long: str, toy: bool = False) -> str:
-    """Part 1's plan at the lengths ``short`` and ``long`` ("MIN:MAX"). ``toy`` keeps every entry but runs each
-    once where the full plan repeats it (the 4-8k group: only the one entry it adds; the second round: amapo-amapo
-    and the one entry it adds), so that CI runs every entry without running the whole matrix twice."""
+def part_1_plan(short: str, long: str, long_context: tuple[int, ...], toy: bool = False) -> str:
+    """Part 1's plan at the lengths ``short`` and ``long`` ("MIN:MAX"), then the long-context groups, one per length
+    of ``long_context`` (words; min = max). ``toy`` keeps every entry but runs each once where the full plan repeats
+    it (the 4-8k group: only the one entry it adds; the second round: amapo-amapo and the one entry it adds), so that
+    CI runs every entry without running the whole matrix twice; the long-context groups are the same at its
+    lengths."""
+    tail = "".join(f"; {n}:{n} x1: {LONG_CONTEXT}" for n in long_context)
     if toy:
         return (f"{short} x1: amapo-amapo {PEERS} {OPTIONS_ALONE}; {long} x1: {FAST}; {short} x1: {COMPILED}; "
-                f"{short} x1: amapo-amapo amapo-simpo")  # fmt: skip
+                f"{short} x1: amapo-amapo amapo-simpo{tail}")  # fmt: skip
     return (f"{short} x1: amapo-amapo {PEERS} {OPTIONS_ALONE}; {long} x1: {LONG}; {short} x1: {COMPILED}; "
-            f"{short} x1: {SECOND_ROUND}")  # fmt: skip
+            f"{short} x1: {SECOND_ROUND}{tail}")  # fmt: skip
 
 
 SIZES = {
     "full": {
         "model": ["--vocab", "128256", *LLAMA3_8B_LAYERS, "--num_layers", "4", "--batch", "8"],
         "benchmark": ["--steps", "2", "--warmup", "1", "--no_losscheck"],
-        "plan": part_1_plan("1024:2048", "4096:8192"),
+        "plan": part_1_plan("1024:2048", "4096:8192", (8192, 16384, 32768)),
         "profile": ["--min_len", "1024", "--max_len", "2048"],
         "engines_model": {"vocab": 128256, "hidden_size": 512, "num_hidden_layers": 4, "intermediate_size": 1536,
                           "num_attention_heads": 8, "num_key_value_heads": 4},
@@ -131,7 +143,7 @@ SIZES = {
         "model": ["--vocab", "311", "--batch", "4", "--threads", "1", "--hidden_size", "32", "--num_layers", "2",
                   "--intermediate_size", "64", "--num_heads", "4", "--num_kv_heads", "2"],
         "benchmark": ["--steps", "1", "--warmup", "1", "--no_losscheck"],
-        "plan": part_1_plan("24:48", "64:96", toy=True),
+        "plan": part_1_plan("24:48", "64:96", (128,), toy=True),
         "profile": ["--min_len", "24", "--max_len", "48"],
         "engines_model": {"vocab": 311, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
                           "num_attention_heads": 4, "num_key_value_heads": 2},

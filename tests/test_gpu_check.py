@@ -46,6 +46,21 @@ def test_the_toy_plan_holds_every_entry_of_the_full_plan_and_each_is_one_the_ben
     assert gpu_check.SIZES["full"]["plan"].split(";")[1].strip().startswith("4096:8192 x1: amapo-amapo trl-dpo")
 
 
+def test_part_1_ends_with_the_long_context_row_at_8k_to_32k_words_and_the_toy_plan_with_it_at_a_toy_length():
+    """Issue 35: amapo's default against TRL DPO at long pairs, one length a group (min = max: no padding), after
+    issue 26's questions, last (the time budget leaves out the end of a plan first)."""
+    import gpu_check
+    from prefstep.plan import parse_plan, plan_frameworks
+
+    for size, lengths in (("full", [8192, 16384, 32768]), ("toy", [128])):
+        plan = gpu_check.SIZES[size]["plan"]
+        groups = parse_plan(plan, None, plan_frameworks(plan))
+        tail = groups[-len(lengths) :]
+        assert [(g.min_len, g.max_len, g.rounds) for g in tail] == [(n, n, 1) for n in lengths], size
+        assert all(g.frameworks == ["amapo-amapo", "trl-dpo"] for g in tail), size
+        assert all(g.max_len <= min(lengths) for g in groups[: -len(lengths)]), size
+
+
 def test_part_1_runs_every_entry_of_the_matrix_or_its_set_up_at_toy_size(tmp_path):
     pytest.importorskip("trl")
     from preference_step import runnable_frameworks
@@ -75,6 +90,8 @@ def test_part_1_runs_every_entry_of_the_matrix_or_its_set_up_at_toy_size(tmp_pat
     assert sorted(benchmark["setup_only"]) == sorted(
         f"vocab 311, {'64-96' if name in long else '24-48'} words: {name}" for name in cannot_run
     )
+    context = benchmark["summary"]["vocab 311, 128-128 words"]  # the long-context row (issue 35), at a toy length
+    assert set(context) == {"amapo-amapo", "trl-dpo"} and all(s["rounds_ok"] == 1 for s in context.values())
     assert short["amapo-amapo"]["rounds_ok"] == 2 and len(short["amapo-amapo"]["tokens_per_s_per_round"]) == 2
     assert short["amapo-amapo"]["memory"]["rss"]["first_step"] > 0
     for option in ("compiled-head", "compile"):  # options that run here leave the loss as it is
@@ -92,6 +109,7 @@ def test_part_1_runs_every_entry_of_the_matrix_or_its_set_up_at_toy_size(tmp_pat
                 assert runs[0]["setup"].startswith("set-up ok") and runs[0]["first_batch"]["tokens"] > 0, name
     tables = (out / "preference_step.md").read_text()
     assert "Memory headroom" in tables and "| amapo-amapo+flex | set-up ok (set-up only: cannot run here) |" in tables
+    assert "| 128-128 words | longest pair length" in tables.split("Memory headroom")[1]  # the long-context row
     assert "trl-dpo: fused LM head (TRL add_fused_lm_head) ACTIVE" in tables
     assert "| amapo-amapo |" in (out / "gpu_check.md").read_text()
 

@@ -82,8 +82,21 @@ def worker_env(workdir: Path, src: Path | None = None) -> dict:
     return env
 
 
-def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: str, src: Path | None = None) -> dict:
-    """Run one worker (``src``: the amapo source folder it imports, default this checkout's) and read its result."""
+def run_worker(
+    a,
+    framework: str,
+    vocab: int,
+    paths: dict,
+    workdir: Path,
+    tag: str,
+    src: Path | None = None,
+    memory_cap: int | None = None,
+) -> dict:
+    """Run one worker (``src``: the amapo source folder it imports, default this checkout's) and read its result.
+
+    ``memory_cap`` (bytes; ``memory_vs_length.py`` on a CPU): the worker and its children are watched and killed as
+    soon as their RSS goes above it, and the result says so in an error that reads as out of memory (``report.py``'s
+    ``is_out_of_memory``), so that a worker past the cap costs neither the machine nor the run."""
     output_dir = workdir / "runs" / tag
     if output_dir.exists():
         shutil.rmtree(output_dir)
@@ -92,15 +105,18 @@ def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: s
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = worker_command(a, framework, vocab, paths["model_dir"], paths["data"], output_dir)
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=a.worker_timeout, env=worker_env(workdir, src), cwd=REPO_ROOT
-        )
-        stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        stdout = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-        returncode = None
+    over_cap = None
+    if memory_cap is not None:
+        stdout, stderr, returncode, over_cap = run_capped(cmd, a.worker_timeout, worker_env(workdir, src), memory_cap)
+    else:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.worker_timeout,
+                                  env=worker_env(workdir, src), cwd=REPO_ROOT)  # fmt: skip
+            stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:
+            stdout = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            returncode = None
     elapsed = time.perf_counter() - start
     log_path.write_text(f"$ {shlex.join(cmd)}\n\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
     result = None
@@ -110,7 +126,10 @@ def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: s
                 result = json.loads(line[len(RESULT_MARKER) :])
             break
     if result is None:
-        if returncode is None:
+        if over_cap is not None:
+            error = (f"out of memory: stopped by the memory cap, RSS {over_cap / 1024**3:.2f} GiB > "
+                     f"{memory_cap / 1024**3:.2f} GiB")  # fmt: skip
+        elif returncode is None:
             error = f"timed out after {a.worker_timeout} s"
         elif returncode < 0:
             signal_number = -returncode
@@ -119,11 +138,67 @@ def run_worker(a, framework: str, vocab: int, paths: dict, workdir: Path, tag: s
             error = f"exited with code {returncode} without a result"
         tail = "\n".join(stderr.strip().splitlines()[-15:])
         result = {"framework": framework, "vocab": vocab, "ok": False, "error": error, "stderr_tail": tail}
+    if over_cap is not None:
+        result["over_memory_cap"] = over_cap
     result["returncode"] = returncode
     result["process_wall_s"] = elapsed
     result["log"] = str(log_path)
     shutil.rmtree(output_dir, ignore_errors=True)  # trainer outputs (saved models) are not needed afterwards
     return result
+
+
+CAP_POLL_S = 0.05  # how often a capped worker's RSS is read: at ~10 GB/s of allocation, 0.5 GB past the cap at most
+
+
+def run_capped(cmd: list[str], timeout: float, env: dict, memory_cap: int) -> tuple[str, str, int | None, int | None]:
+    """``cmd`` with its RSS (its own and its children's, by psutil) read every ``CAP_POLL_S``; above ``memory_cap``
+    the process tree is killed. Returns stdout, stderr, the exit status (None: timed out) and the RSS that went
+    over the cap (None: it never did)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+    end = time.perf_counter() + timeout
+    over_cap = timed_out = None
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=CAP_POLL_S)  # retrying after a timeout loses no output
+            break
+        except subprocess.TimeoutExpired:
+            rss = tree_rss_bytes(psutil, proc.pid)
+            if rss > memory_cap:
+                over_cap = rss
+            timed_out = time.perf_counter() > end
+            if over_cap is not None or timed_out:
+                kill_tree(psutil, proc.pid)
+                stdout, stderr = proc.communicate()
+                break
+    return stdout, stderr, None if timed_out and over_cap is None else proc.returncode, over_cap
+
+
+def tree_rss_bytes(psutil, pid: int) -> int:
+    """RSS of a process and all its descendants (torch.compile's workers, a tokenizer pool)."""
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+def kill_tree(psutil, pid: int) -> None:
+    """SIGKILL a process's descendants, then the process."""
+    try:
+        root = psutil.Process(pid)
+        children = root.children(recursive=True)
+    except psutil.Error:
+        return
+    for process in [*children, root]:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def baseline_frameworks(a, frameworks: list[str]) -> dict[str, Path]:
