@@ -10,9 +10,8 @@ import time
 
 import pytest
 import torch
+from largest_tensor import LargestTensor
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from amapo.data.collator import PreferenceCollator
 from amapo.model.layouts import shared_prompt_allowed, shared_prompt_block_mask, shared_prompt_mask
@@ -100,21 +99,6 @@ def test_any_segment_order_is_classified_exactly():
     want = create_block_mask(shared_prompt_allowed(segment_ids), 3, None, 150, 150, device="cpu", BLOCK_SIZE=16)
     assert torch.equal(got.to_dense(), want.to_dense())
     assert all(torch.equal(g, w) for g, w in zip(split(got), split(want), strict=True))
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the bytes of the largest tensor any operation returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                self.bytes = max(self.bytes, leaf.numel() * leaf.element_size())
-        return out
 
 
 def test_building_at_8k_tokens_allocates_nothing_like_b_t_t():

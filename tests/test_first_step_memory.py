@@ -9,8 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from largest_tensor import LargestTensor
 
 from amapo.model.lm_head import chunk_size_for
 
@@ -18,21 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from prefstep.data import build_model, build_tokenizer, make_pairs  # the benchmark's model and data
 
 VOCAB = 128256
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any operation creates while active (bytes), and the operation."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest, self.where = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in torch.utils._pytree.tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.numel() * tensor.element_size() > self.largest:
-                self.largest, self.where = tensor.numel() * tensor.element_size(), (func, tuple(tensor.shape))
-        return out
 
 
 def test_a_first_training_step_with_evaluation_never_outgrows_one_lm_head_chunk(tmp_path):
@@ -57,4 +41,4 @@ def test_a_first_training_step_with_evaluation_never_outgrows_one_lm_head_chunk(
         result = run_training(config)
     assert result.eval_before and result.train_metrics  # the evaluation before training and the step both ran
     # the run's responses hold ~1,000 tokens per batch: their full logits would be about 4x the chunk
-    assert largest.largest <= chunk_bytes, largest.where
+    assert largest.bytes <= chunk_bytes, largest.where

@@ -14,8 +14,7 @@ import logging
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from largest_tensor import LargestTensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from amapo.data.collator import PreferenceCollator
@@ -132,21 +131,6 @@ def test_packed_rows_of_the_longest_give_padded_logps_and_grads(attention):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
-
-
-class LargestTensor(TorchDispatchMode):
-    """The most elements of any tensor an op makes (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel, self.shape = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.numel() > self.numel:
-                self.numel, self.shape = tensor.numel(), tuple(tensor.shape)
-        return out
 
 
 @pytest.mark.parametrize("layout", ["padded", "auto", "packed"])

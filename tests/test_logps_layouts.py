@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from largest_tensor import LargestTensor
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -314,21 +314,6 @@ def test_a_forward_without_logits_to_keep_is_checked_on_the_sampled_positions_on
     assert head_outputs == [(1, 2, VOCAB)]  # the check's own forward; the fused one reads the weight, not the module
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any operation creates while active (bytes)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in torch.utils._pytree.tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel() * tensor.element_size())
-        return out
-
-
 @pytest.mark.parametrize("layout", ["padded", "shared_prompt", "packed"])
 @pytest.mark.parametrize("chunk_tokens", [0, 64])
 def test_nothing_before_or_in_the_first_step_outgrows_one_lm_head_chunk_at_vocabulary_128k(layout, chunk_tokens):
@@ -354,12 +339,12 @@ def test_nothing_before_or_in_the_first_step_outgrows_one_lm_head_chunk_at_vocab
     with LargestTensor() as check:
         logps.verify_fused_logps(model, batch)
     assert getattr(model, logps.VERIFIED_MARK)
-    assert check.largest <= chunk_bytes / logps.CHECK_SHARE_OF_CHUNK
+    assert check.bytes <= chunk_bytes / logps.CHECK_SHARE_OF_CHUNK
 
     with LargestTensor() as step:
         summed, _ = sequence_logps(model, batch)
         (summed * torch.linspace(-1, 1, summed.numel())).sum().backward()
-    assert step.largest <= chunk_bytes
+    assert step.bytes <= chunk_bytes
 
 
 def test_the_first_batch_is_checked_once_and_then_trusted():
