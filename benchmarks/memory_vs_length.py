@@ -11,10 +11,11 @@ options pass through), a word-level tokenizer of ``--vocab`` tokens (default 32,
 update on), fp32 on a CPU, bf16 on a GPU. A *pair length* L is the words of prompt + response: every pair of a
 length has a prompt of L/2 words and two responses of L/2 words (``make_pairs`` with min_len = max_len = L), so
 each of its two sequences is L + 2 tokens (BOS, EOS) and no batch has padding. Activation (gradient) checkpointing
-is off for every framework, as in ``preference_step.py`` (TRL's configs default it on; it is switched off so that
-all frameworks do the same work). Frameworks (default): amapo's default (``amapo-amapo``: AMaPO, its default layout
-and chunked LM head), TRL 1.16's ``DPOTrainer`` with its default fused LM head (``trl-dpo``), TRL's CPO-SimPO
-(``trl-cpo-simpo``) and the Liger loop (``liger-simpo``, where liger-kernel imports; otherwise reported as not run).
+is the same for every framework: off, as in ``preference_step.py``, or on with ``--gradient_checkpointing`` (TRL's
+configs default it on; run both to see how it composes with the layouts and the chunked head). Frameworks
+(default): amapo's default (``amapo-amapo``: AMaPO, its default layout and chunked LM head), TRL 1.16's
+``DPOTrainer`` with its default fused LM head (``trl-dpo``), TRL's CPO-SimPO (``trl-cpo-simpo``) and the Liger
+loop (``liger-simpo``, where liger-kernel imports; otherwise reported as not run).
 
 1. **Sweep.** Each framework at each ``--lengths`` (CPU: 512 to 16,384 words; GPU: 2,048 to 32,768), shortest
    first; once a length does not fit the cap, the framework's longer lengths are not run (memory grows with length).
@@ -98,7 +99,7 @@ MIB = 1024**2
 # the settings a worker's peak depends on: --resume reuses a run only when they are the same
 WORKER_SETTINGS = ("vocab", "batch", "steps", "warmup", "lr", "seed", "device", "threads", "amapo_layout",
                    "amapo_lm_head_chunk_size", "liger_chunk_size", "liger_no_compile", "hidden_size", "num_layers",
-                   "intermediate_size", "num_heads", "num_kv_heads")  # fmt: skip
+                   "intermediate_size", "num_heads", "num_kv_heads", "gradient_checkpointing")  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -108,7 +109,8 @@ def parse_args(argv=None):
         allow_abbrev=False,
         epilog="Any other option of preference_step.py that sets a worker passes through (--hidden_size, "
         "--num_layers, --intermediate_size, --num_heads, --num_kv_heads, --threads, --seed, --lr, --amapo_layout, "
-        "--amapo_lm_head_chunk_size, --liger_chunk_size, --liger_no_compile, --worker_timeout).",
+        "--amapo_lm_head_chunk_size, --liger_chunk_size, --liger_no_compile, --gradient_checkpointing, "
+        "--worker_timeout).",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--lengths", type=int, nargs="+", default=None,
@@ -434,8 +436,9 @@ def markdown(report: dict, png_name: str) -> str:
         f"Llama, hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, vocabulary {model['vocab']:,}, "
         f"{model['dtype']}; batch {report['settings']['batch']} pairs; pair length L = words of prompt + response "
         f"(prompt L/2, each response L/2; sequences L + 2 tokens); {report['settings']['warmup']} warm-up + "
-        f"{report['settings']['steps']} measured steps per worker; activation checkpointing off for every "
-        f"framework; the cap {cap / GB:.3g} GiB of {kind}.",
+        f"{report['settings']['steps']} measured steps per worker; activation checkpointing "
+        f"{'on' if report['settings'].get('gradient_checkpointing') else 'off'} for every framework; "
+        f"the cap {cap / GB:.3g} GiB of {kind}.",
         *[f"{name}: not run ({why})" for name, why in report["settings"]["not_run"].items()],
         "",
         f"### {kind} (GiB) by pair length (words), the fit peak = a + b*L + c*L^2, the longest L that fits",
@@ -547,7 +550,7 @@ def main(argv=None) -> int:
             "goal_length": a.goal_length,
             "max_probes": a.max_probes,
             "tolerance": a.tolerance,
-            "gradient_checkpointing": False,
+            "gradient_checkpointing": bool(bench.gradient_checkpointing),
             "worker": {k: getattr(bench, k) for k in WORKER_SETTINGS},
         },
         "points": {},

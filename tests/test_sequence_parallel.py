@@ -7,6 +7,7 @@
   without clipping: equal weights after SGD mean equal gradients) for AMaPO and for DPO with its live reference
   model, which ZeRO-3 shards like the policy;
 * DPO's live reference under ZeRO-3 without SP (2 data-parallel processes) gives the 1-process run too;
+* a run resumed under SP 2 from a checkpoint after step 1 (mid-epoch) gives the uninterrupted run's step 2;
 * the option's misuses are one-line errors before anything loads.
 
 The 1-process runs are plain (no DeepSpeed) and in this process; each SP 2 run holds the plain run's batch of 8 pairs
@@ -125,7 +126,12 @@ def test_an_evaluation_batch_is_read_whole():
     assert local["target_ids"].tolist() == whole["target_ids"].tolist()
 
 
-def test_misuse_is_one_line_before_loading():
+def test_misuse_is_one_line_before_loading(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # two CPU processes launched without --use_cpu: transformers sees one
+    with pytest.raises(UserError, match="2 processes were launched but transformers sees 1; on CPU processes pass "
+                       "--use_cpu true"):  # fmt: skip
+        sp.check_options(2, world_size=1, deepspeed=True)
+    monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(UserError, match="launch with DeepSpeed ZeRO"):
         sp.check_options(2, world_size=2, deepspeed=False)
     with pytest.raises(UserError, match="does not divide the 6 processes"):
@@ -144,9 +150,14 @@ def zero3_runs(tmp_path_factory) -> Path:
     """The ZeRO-3 runs, in one launch of 2 processes (``train_runs.py``): DPO with its live reference on 2
     data-parallel processes of 4 pairs each, then AMaPO and DPO on one SP 2 group holding all 8 pairs."""
     folder = tmp_path_factory.mktemp("zero3")
+    amapo_sp2 = [*SP_TRAIN, "--method", "amapo", "--sequence_parallel_size", "2"]
+    saved = folder / "zero3" / "amapo-sp2-saved"  # (train_runs.py writes run NAME to <launch output>/NAME)
     runs = {
         "dpo-dp2": [*SP_TRAIN, "--method", "dpo", "--per_device_train_batch_size", "4"],
         **{f"{m}-sp2": [*SP_TRAIN, "--method", m, "--sequence_parallel_size", "2"] for m in ("amapo", "dpo")},
+        # a checkpoint after step 1 of 2 (mid-epoch), then a run resumed from it
+        "amapo-sp2-saved": [*amapo_sp2, "--save_strategy", "steps", "--save_steps", "1"],
+        "amapo-sp2-resumed": [*amapo_sp2, "--resume_from_checkpoint", str(saved / "checkpoint-1")],
     }
     (folder / "runs.json").write_text(json.dumps(runs))
     return accelerate_launch("zero3", folder, [str(TESTS / "train_runs.py")], [str(folder / "runs.json")])
@@ -155,6 +166,19 @@ def zero3_runs(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("method", ["amapo", "dpo"])
 def test_two_processes_with_sp_2_equal_one_process(method, zero3_runs, one_process):
     assert_same_run(zero3_runs / f"{method}-sp2", one_process(method))
+
+
+def test_a_run_resumed_mid_epoch_under_sp_2_equals_one_process(zero3_runs, one_process):
+    """Resumed from step 1's checkpoint, the SP 2 group reads step 2's batch (DeepSpeed's data-loader adapter
+    skipped to it) and ends with the uninterrupted run's step-2 metrics and weights."""
+    want, got = train_logs(one_process("amapo")), train_logs(zero3_runs / "amapo-sp2-resumed")
+    assert [log["step"] for log in got] == [2]
+    for key in (k for k in COMPARED if k in want[1]):
+        assert got[0][key] == pytest.approx(want[1][key], rel=1e-5, abs=1e-5), key
+    want_weights = load_file(zero3_runs / "amapo-sp2" / "model.safetensors")
+    got_weights = load_file(zero3_runs / "amapo-sp2-resumed" / "model.safetensors")
+    for key, tensor in want_weights.items():
+        torch.testing.assert_close(got_weights[key], tensor, rtol=0, atol=1e-5, msg=key)
 
 
 def test_the_live_reference_under_zero3_equals_one_process(zero3_runs, one_process):

@@ -19,6 +19,9 @@ transformers' documented API does not cover everything a preference trainer need
 * ``transformers.integrations.integration_utils``' ``INTEGRATION_TO_CALLBACK`` and
   ``get_available_reporting_integrations``: the ``--report_to`` names and which are installed, checked before the
   model loads (``amapo.train.run.check_reporting``).
+* ``transformers.trainer.skip_first_batches``: the name the Trainer skips a resumed epoch's batches with (5.23:
+  in ``_inner_training_loop``; 5.24+: in ``get_resumed_dataloader``); sequence parallelism wraps it for DeepSpeed's
+  data-loader adapter (``amapo.train.sequence_parallel.skip_resumed_batches_of_adapters``).
 * the attention names of ``ALL_ATTENTION_FUNCTIONS``, copied as ``amapo.attention_names.ATTENTION_IMPLEMENTATIONS``
   so that ``--attn_implementation`` is checked without importing transformers.
 * the patched forward (``amapo.model.logps``) uses ``model.base_model(...).last_hidden_state``,

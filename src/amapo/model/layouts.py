@@ -113,7 +113,9 @@ class DenseMaskCost:
     (21 without ``intermediate_size``): what a Llama-style layer saves for backward per token, ten hidden-sized
     tensors (two norms' inputs and outputs, q, k, v, rotated q and k, the attention output) and four
     intermediate-sized ones (gate, up, act(gate), their product). For the benchmark's model (hidden 256, MLP 688) that
-    is 20.75; summing the storages ``saved_tensors_hooks`` sees in a training forward gives 21.4 there.
+    is 20.75; summing the storages ``saved_tensors_hooks`` sees in a training forward gives 21.4 there. With ``lean``
+    activations (``amapo.model.lean_activations``: the norms keep their input only, act(gate) is recomputed) factor =
+    8 + 3 x intermediate / hidden (16.06 there; the hooks see 17.9, against 22.8 without, same count).
 
     ``square_bytes``, per element of a row's T x T: shared_prompt has amapo's additive mask, e bytes, one tensor
     read by every layer (built a row at a time: about 10 x T^2 bytes of temporaries, measured, left out); padded has
@@ -128,13 +130,25 @@ class DenseMaskCost:
     scores_bytes: float  # per element of a row's T x T on eager: the saved attention probabilities
 
     @classmethod
-    def of(cls, config, attention: str | None, dtype=None, *, training: bool = True, checkpointing: bool = False):
+    def of(
+        cls,
+        config,
+        attention: str | None,
+        dtype=None,
+        *,
+        training: bool = True,
+        checkpointing: bool = False,
+        lean: bool = False,
+    ):
         """The cost for a transformers ``config`` (its text config's sizes); ``dtype``: the weights' (a torch dtype,
         its name, or None / "auto" for the config's)."""
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         hidden, layers = text.hidden_size, text.num_hidden_layers
         intermediate = getattr(text, "intermediate_size", None)
-        factor = 10 + 4 * intermediate / hidden if intermediate else 21.0
+        if lean:
+            factor = 8 + 3 * intermediate / hidden if intermediate else 16.0
+        else:
+            factor = 10 + 4 * intermediate / hidden if intermediate else 21.0
         e = _element_size(dtype if dtype not in (None, "auto") else getattr(text, "dtype", None))
         if not training:
             kept, layers_kept = 1.0, 1

@@ -51,7 +51,7 @@ from torch.utils.checkpoint import checkpoint
 
 from amapo.distributed import largest_across_ranks
 
-DEFAULT_CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk (a chunk works in about 3x this); larger is no faster on CPU
+DEFAULT_CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk (a chunk works in this one buffer); larger: no faster on CPU
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,20 @@ class LogitTransform:
         return cls(scale=1.0 if scale is None else float(scale), softcap=getattr(text, "final_logit_softcapping", None))
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """z (``logits`` itself where there is nothing to do; else a new buffer, ``logits`` left as they are)."""
         z = logits * self.scale if self.scale != 1.0 else logits
-        return self.softcap * torch.tanh(z / self.softcap) if self.softcap else z
+        if not self.softcap:
+            return z
+        if logits.requires_grad and torch.is_grad_enabled():  # through autograd (a module head): it keeps tanh's output
+            return self.softcap * torch.tanh(z / self.softcap)
+        z = z.div_(self.softcap) if z is not logits else z / self.softcap  # one new buffer at most
+        return z.tanh_().mul_(self.softcap)
 
     def scale_gradient(self, grad_z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """dL/dlogits = dL/dz * dz/dlogits, in place in ``grad_z``."""
+        """dL/dlogits = dL/dz * dz/dlogits, in place in ``grad_z``; soft-capping's factor 1 - tanh^2 is computed in
+        ``logits``' buffer (the callers' own, not needed after)."""
         if self.softcap:
-            grad_z.mul_(1 - torch.tanh(logits * self.scale / self.softcap) ** 2)
+            grad_z.mul_(logits.mul_(self.scale).div_(self.softcap).tanh_().square_().neg_().add_(1))
         return grad_z.mul_(self.scale) if self.scale != 1.0 else grad_z
 
 
@@ -98,8 +105,17 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 def chunk_forward(hidden, weight, bias, targets, transform: LogitTransform):
     """One chunk: (log-probs of ``targets``, logsumexp), fp32."""
     z = transform(_chunk_logits(hidden, weight, bias))
-    lse = torch.logsumexp(z, dim=-1)
-    return z.gather(-1, targets[:, None]).squeeze(-1) - lse, lse
+    picked = z.gather(-1, targets[:, None]).squeeze(-1)
+    lse = _logsumexp_(z)
+    return picked - lse, lse
+
+
+def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(z, -1)`` by its own steps (max, exp of the shifted logits, sum, log, + max), computed in
+    ``z``'s buffer, which it overwrites: a chunk holds one [tokens, vocab] buffer instead of three."""
+    maxes = z.amax(-1, keepdim=True)
+    maxes.masked_fill_(maxes.abs() == float("inf"), 0)
+    return z.sub_(maxes).exp_().sum(-1).log_().add_(maxes.squeeze(-1))
 
 
 def chunk_forward_and_grad(hidden, weight, bias, targets, transform: LogitTransform):
@@ -184,6 +200,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
                 grad_weight += (dz.t().to(hidden.dtype) @ hidden[rows]).float()
             if grad_bias is not None:
                 grad_bias += dz.sum(0)
+            del dz  # before the next chunk's logits exist
         return (
             None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),
@@ -193,8 +210,9 @@ class ChunkedTokenLogps(torch.autograd.Function):
 
 
 def _dlogp_dz(z: torch.Tensor, logsumexp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """d log softmax(z)[y] / dz = onehot(y) - softmax(z), written into softmax's buffer."""
-    grad = torch.exp(z - logsumexp[:, None]).neg_()
+    """d log softmax(z)[y] / dz = onehot(y) - softmax(z), written into ``z``'s buffer (the callers' own, not needed
+    after: a chunk's backward holds one [tokens, vocab] buffer, not three)."""
+    grad = z.sub_(logsumexp[:, None]).exp_().neg_()
     grad.scatter_add_(-1, targets[:, None], torch.ones_like(targets[:, None], dtype=grad.dtype))
     return grad
 

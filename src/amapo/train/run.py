@@ -15,6 +15,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from amapo.attention_names import check_attention_installed
 from amapo.builtin import resolve_source
+from amapo.cpu_memory import return_freed_tensors_to_the_system
 from amapo.data import PreferenceCollator, load_preference_dataset, tokenize_dataset
 from amapo.data.collator import device_batches, row_length
 from amapo.data.formats import NUMERIC_FIELDS
@@ -23,6 +24,7 @@ from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.losses.stats import margin_statistics
 from amapo.model.layouts import DenseMaskCost, collator_options, layout_for
+from amapo.model.lean_activations import apply_lean_activations
 from amapo.model.lm_head import LogitTransform, check_kernel
 from amapo.model.loading import check_positions, load_model, load_model_config, load_tokenizer
 from amapo.model.logps import REFERENCE_COLUMNS, enable_response_logps, sequence_logps
@@ -180,12 +182,24 @@ def batch_layout(config: TrainConfig, model_config) -> str:
     return layout_for(config.batch_layout, config.attn_implementation, window, config.max_length)
 
 
+def lean_activations(config: TrainConfig) -> bool:
+    """``--lean_activations``, unless Liger's kernels (``--use_liger_kernel``) keep the same little already."""
+    return bool(config.lean_activations and not config.use_liger_kernel)
+
+
 def batch_layout_options(config: TrainConfig, model_config, layout: str) -> dict:
     """The collator's arguments for ``layout`` (``amapo.model.layouts.collator_options``): on eager / sdpa, auto
     and shared_prompt weighed per batch by the memory each costs while training this model."""
     checkpointing = bool(config.gradient_checkpointing)
     attention = config.attn_implementation
-    cost = DenseMaskCost.of(model_config, attention, config.load_dtype(), training=True, checkpointing=checkpointing)
+    cost = DenseMaskCost.of(
+        model_config,
+        attention,
+        config.load_dtype(),
+        training=True,
+        checkpointing=checkpointing,
+        lean=lean_activations(config),
+    )
     return collator_options(layout, attention, cost, announce=config.process_index == 0)
 
 
@@ -361,9 +375,14 @@ def train_in_folder(
     del train_split  # (an in-memory split is not kept beside its shuffled copy while training)
     eval_datasets = eval_splits(config, tokenizer, loss_fn.needs_offsets, layout)
 
+    if config.device.type == "cpu":  # before the model's tensors: glibc's heap would keep a step's freed ones
+        return_freed_tensors_to_the_system()
     model = load_model(model_path, **config.model_options())
     if config.disable_dropout:
         disable_dropout(model)
+    if lean_activations(config):
+        patched = apply_lean_activations(model)
+        logger.info("lean activations: %s", ", ".join(f"{n} x{k}" for n, k in patched.items()) or "no module known")
     if config.use_peft:
         model = apply_lora(model, config)
     check_trained_weights(model, config)

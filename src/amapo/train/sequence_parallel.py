@@ -81,6 +81,12 @@ def check_options(size: int, world_size: int, deepspeed: bool) -> None:
             "accelerate launch --config_file $(python -c 'import amapo.recipes as r; print(r.ACCELERATE_DIR)')"
             "/zero3.yaml -m amapo.cli train ..."
         )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > world_size:  # e.g. CPU processes without --use_cpu: transformers then runs each as one process
+        raise UserError(
+            f"--sequence_parallel_size {size}: {launched} processes were launched but transformers sees "
+            f"{world_size}; on CPU processes pass --use_cpu true (without it transformers does not join them)"
+        )
     if world_size % size:
         raise UserError(
             f"--sequence_parallel_size {size} does not divide the {world_size} processes: launch a multiple of "
@@ -228,6 +234,33 @@ def local_batch(batch: dict) -> tuple[dict, bool]:
     return local, sliced
 
 
+# --- resuming mid-epoch ---------------------------------------------------------------------------------------
+
+ADAPTER_MARK = "_amapo_sequence_parallel"  # on an adapter: (its SequenceParallel, the loader it was made from)
+
+
+def skip_resumed_batches_of_adapters() -> None:
+    """Let the Trainer skip a resumed epoch's batches in amapo's SP adapter too. The Trainer calls
+    ``transformers.trainer.skip_first_batches`` (accelerate's; from 5.24 inside ``get_resumed_dataloader``), which
+    rebuilds a ``DataLoader`` from its ``dataset`` and fails on DeepSpeed's adapter (it has none); this wraps that
+    name once, process-wide, handing an adapter of amapo's to ``SequenceParallel.resumed`` and anything else to
+    accelerate as before (``amapo.hf_internals``)."""
+    import transformers.trainer as trainer_module
+
+    skip = trainer_module.skip_first_batches
+    if getattr(skip, ADAPTER_MARK, False):
+        return
+
+    def skip_first_batches(dataloader, num_batches=0):
+        owner = getattr(dataloader, ADAPTER_MARK, None)
+        if owner is None:
+            return skip(dataloader, num_batches)
+        return owner[0].resumed(dataloader, num_batches)
+
+    setattr(skip_first_batches, ADAPTER_MARK, True)
+    trainer_module.skip_first_batches = skip_first_batches
+
+
 # --- the group --------------------------------------------------------------------------------------------------
 
 
@@ -297,10 +330,27 @@ class SequenceParallel:
         """The training loader, each batch dealt as slices over the group (DeepSpeed's adapter)."""
         from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
 
-        return UlyssesSPDataLoaderAdapter(
+        skip_resumed_batches_of_adapters()
+        adapter = UlyssesSPDataLoaderAdapter(
             GroupWidth(dataloader, self.group, self.pad_token_id),
             sp_rank=self.rank, sp_group=self.group, sp_world_size=self.size, device=device,
         )  # fmt: skip
+        setattr(adapter, ADAPTER_MARK, (self, dataloader))
+        return adapter
+
+    def resumed(self, adapter, micro_batches: int):
+        """A new adapter past the first ``micro_batches`` of ``adapter``'s epoch (a resume mid-epoch). The adapter
+        deals each batch of the loader it wraps as ``size`` micro-batches (one per rank of the group), so whole
+        batches are skipped unread in that loader (accelerate's ``skip_first_batches``), and the rest read and
+        dropped, every rank of the group in step."""
+        from accelerate import skip_first_batches
+
+        whole, rest = divmod(micro_batches, self.size)
+        _, dataloader = getattr(adapter, ADAPTER_MARK)
+        resumed = self.adapt(skip_first_batches(dataloader, whole), adapter.device)
+        for _ in range(rest):
+            next(resumed)
+        return resumed
 
     def sequence_logps(self, model, batch: dict, sliced: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``amapo.model.logps.sequence_logps`` of whole sequences from this rank's slice: the per-sequence sums
