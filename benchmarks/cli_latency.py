@@ -1,5 +1,5 @@
-"""How long a user waits for a mistake's one-line error, and for each command's ``--help`` (the README's
-"Mistakes: one line, before anything loads" table).
+"""How long a user waits for a mistake's one-line error, and for each command's ``--help`` (the table of
+docs/mistakes-and-recovery.md, "Mistakes: one line, before anything loads").
 
     python benchmarks/cli_latency.py                     # medians of 5, in a fresh temporary folder
     python benchmarks/cli_latency.py --runs 1 --only help

@@ -93,6 +93,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from prefstep.data import build_model, build_tokenizer, make_pairs  # the benchmark's builders
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
@@ -163,13 +164,6 @@ STEPS, BATCH = 5, 8
 MIN_BOX = 15  # seconds: a step with less time left than this is not started
 
 
-def load_benchmark_module():
-    spec = importlib.util.spec_from_file_location("preference_step", HERE / "preference_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Check:
     def __init__(self, out: Path, workdir: Path, size: str, part: int, deadline: float) -> None:
         self.out, self.workdir, self.size, self.part = out, workdir, SIZES[size], part
@@ -217,6 +211,13 @@ class Check:
         self.log(f"{name}: {status} in {seconds:.1f} s" + ("" if ok else f"\n{output[-4000:]}"))
         return {"ok": ok, "stopped": stopped, "seconds": round(seconds, 1)}
 
+    def run_writing(self, command: list[str], name: str, timeout: float, out: Path) -> tuple[dict, dict | None]:
+        """``run`` for a command that writes its results to ``out`` (JSON): ok only if it did; the entry and the
+        results (None if there are none)."""
+        entry = self.run(command, name, timeout=timeout)
+        entry["ok"] = entry["ok"] and out.exists()
+        return entry, json.loads(out.read_text()) if out.exists() else None
+
     def not_run(self, step: str) -> None:
         self.log(f"{step}: not run: {self.left():.0f} s left of the part's deadline")
         self.report["steps"][step] = {"ok": False, "not_run": True}
@@ -233,10 +234,8 @@ class Check:
                    "--workdir", str(self.workdir / "benchmark"), "--device", self.device]  # fmt: skip
         if not self.cuda:
             command.append("--rehearse")
-        entry = self.run(command, "benchmark", timeout=box)
-        entry["ok"] = entry["ok"] and out.exists()
-        if out.exists():
-            report = json.loads(out.read_text())
+        entry, report = self.run_writing(command, "benchmark", box, out)
+        if report is not None:
             entry["summary"] = {key: case["summary"] for key, case in report["cases"].items() if "summary" in case}
             runs = [(key, name, run) for key, case in report["cases"].items() for name, runs in case["runs"].items()
                     for run in runs]  # fmt: skip
@@ -251,10 +250,9 @@ class Check:
         out = self.out / "make_pairs.json"
         command = [sys.executable, str(HERE / "make_pairs.py"), *self.size["sampling"], "--sampling_only",
                    "--device", self.device, "--out", str(out)]  # fmt: skip
-        entry = self.run(command, "sampling", timeout=self.box("sampling"))
-        entry["ok"] = entry["ok"] and out.exists()
-        if out.exists():
-            entry["tokens_per_s"] = json.loads(out.read_text())["sampling_tokens_per_s"]
+        entry, results = self.run_writing(command, "sampling", self.box("sampling"), out)
+        if results is not None:
+            entry["tokens_per_s"] = results["sampling_tokens_per_s"]
         self.report["steps"]["sampling"] = entry
 
     def gpu_tests(self) -> None:
@@ -271,26 +269,23 @@ class Check:
         command = [sys.executable, str(HERE / "gpu_profile.py"), str(self.out), *self.size["model"],
                    *self.size["profile"], "--workdir", str(self.workdir / "benchmark"),
                    "--device", self.device]  # fmt: skip
-        entry = self.run(command, "profile", timeout=self.box("profile"))
-        path = self.out / "gpu_profile.json"
-        entry["ok"] = entry["ok"] and path.exists()
-        if path.exists():
+        entry, results = self.run_writing(command, "profile", self.box("profile"), self.out / "gpu_profile.json")
+        if results is not None:
             entry["frameworks"] = {name: {k: v for k, v in r.items() if k in ("wall_ms_per_step", "share", "error")}
-                                   for name, r in json.loads(path.read_text())["frameworks"].items()}  # fmt: skip
+                                   for name, r in results["frameworks"].items()}  # fmt: skip
         self.report["steps"]["profile"] = entry
 
     # --- part 2: sharded engines --------------------------------------------------------------------------------------
 
     def engines_data(self) -> tuple[Path, Path]:
         """A random-init Llama (fp32) and STEPS * BATCH pairs, built with the benchmark's own builders."""
-        bench = load_benchmark_module()
         shape = dict(self.size["engines_model"])
         vocab = shape.pop("vocab")
         model_dir = self.workdir / "engines-model"
         model_dir.mkdir(parents=True, exist_ok=True)
-        bench.build_tokenizer(vocab, model_dir)
-        bench.build_model(vocab, model_dir, seed=0, max_len=self.size["pairs"]["max_len"], cuda=False, shape=shape)
-        rows = bench.make_pairs(STEPS * BATCH, vocab, seed=0, **self.size["pairs"])
+        build_tokenizer(vocab, model_dir)
+        build_model(vocab, model_dir, seed=0, max_len=self.size["pairs"]["max_len"], cuda=False, shape=shape)
+        rows = make_pairs(STEPS * BATCH, vocab, seed=0, **self.size["pairs"])
         data = self.workdir / "engines-pairs.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
         return model_dir, data
@@ -356,32 +351,20 @@ class Check:
     def layouts(self, model_dir: Path, data: Path) -> None:
         attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") and self.cuda else "sdpa"
         precision = ["--bf16", "true"] if self.cuda else []
-        commands = {
-            layout: [
-                sys.executable,
-                "-m",
-                "amapo.cli",
-                *self.train_command(
-                    model_dir,
-                    data,
-                    self.workdir / f"layout-{layout}",
-                    "--batch_layout",
-                    layout,
-                    "--attn_implementation",
-                    attention,
-                    *precision,
-                ),
-            ]
-            for layout in ("padded", "packed")
-        }
-        results = self.run_within("layouts", commands, lambda layout: self.workdir / f"layout-{layout}")
+
+        def folder(layout: str) -> Path:
+            return self.workdir / f"layout-{layout}"
+
+        commands = {layout: [sys.executable, "-m", "amapo.cli",
+                             *self.train_command(model_dir, data, folder(layout), "--batch_layout", layout,
+                                                 "--attn_implementation", attention, *precision)]
+                    for layout in ("padded", "packed")}  # fmt: skip
+        results = self.run_within("layouts", commands, folder)
         for layout, run in results.items():
             if run["ok"]:
-                run["train_samples_per_second"] = train_result(self.workdir / f"layout-{layout}").get(
-                    "train_samples_per_second"
-                )
+                run["train_samples_per_second"] = train_result(folder(layout)).get("train_samples_per_second")
         if all(r["ok"] for r in results.values()):
-            results["packed"] |= compare_runs(self.workdir / "layout-padded", self.workdir / "layout-packed")
+            results["packed"] |= compare_runs(folder("padded"), folder("packed"))
         self.report["steps"]["layouts"] = {"attention": attention, "runs": results}
 
     # --- part 2: the default amapo train ------------------------------------------------------------------------------
@@ -418,6 +401,12 @@ def step_ok(step: dict) -> bool:
     return step.get("ok", bool(step.get("runs")) and all(r["ok"] for r in step.get("runs", {}).values()))
 
 
+def why_not_ok(step: dict) -> str:
+    if step.get("not_run"):
+        return "not run (out of time)"
+    return "stopped at its time box" if step.get("stopped") else "FAILED"
+
+
 def step_losses(output: Path) -> list[float]:
     logs = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     return [log["loss"] for log in logs if "loss" in log]
@@ -443,14 +432,7 @@ def markdown(report: dict, out: Path) -> str:
     lines = [f"# GPU check part {report['part']} ({report['size']}): {report['device']}, {report['gpus']} GPU(s)", ""]
     for name, step in report["steps"].items():
         if not step_ok(step):
-            why = (
-                "not run (out of time)"
-                if step.get("not_run")
-                else "stopped at its time box"
-                if step.get("stopped")
-                else "FAILED"
-            )
-            lines += [f"**{name}: {why}** (see gpu_check.log)", ""]
+            lines += [f"**{name}: {why_not_ok(step)}** (see gpu_check.log)", ""]
     for title, file in (("Throughput and memory (benchmarks/preference_step.py)", "preference_step.md"),
                         ("Where the time goes (benchmarks/gpu_profile.py)", "gpu_profile.md")):  # fmt: skip
         if (out / file).exists():

@@ -35,8 +35,9 @@ the default set), ``trl-dpo`` (TRL's
 backbone's hidden states into Liger's ``LigerFusedLinearSimPOLoss`` with the LM head weight; only when
 ``liger-kernel`` imports). SimPO everywhere: beta 2.0, gamma 1.0 (amapo: gamma_beta_ratio 0.5). DPO: beta 0.1.
 Shared settings: AdamW as ``transformers.Trainer`` builds it, constant learning rate 1e-6, no warm-up schedule,
-gradient clipping 1.0, gradient accumulation 1, no gradient checkpointing (TRL's configs default it on; it is
-switched off so that all frameworks do the same work), logging every step, no checkpoints.
+gradient clipping 1.0, gradient accumulation 1, no gradient checkpointing unless ``--gradient_checkpointing`` (then
+on for every framework; TRL's configs default it on, so it is set either way and all frameworks do the same work),
+logging every step, no checkpoints.
 
 What is measured
 ----------------
@@ -139,13 +140,13 @@ from prefstep.common import (  # noqa: E402
     FRAMEWORKS,
     GPU_ONLY_FRAMEWORKS,
     GPU_ONLY_OPTIONS,
-    LIGER_FRAMEWORKS,
     REPO_ROOT,
     framework_options,
     known_framework,
     liger_status,
+    needs_liger,
 )
-from prefstep.data import (  # noqa: E402  (build_tokenizer, build_model, make_pairs: gpu_check.py calls them here)
+from prefstep.data import (  # noqa: E402  (memory_vs_length.py calls build_tokenizer, build_model, model_shape here)
     build_model,
     build_tokenizer,
     make_pairs,
@@ -225,6 +226,9 @@ def parse_args(argv=None):
     shape.add_argument("--num_kv_heads", type=int, default=None, help="key/value heads (grouped-query attention)")
     p.add_argument("--liger_chunk_size", type=int, default=1, help="pairs per chunk in Liger's fused loss")
     p.add_argument("--liger_no_compile", action="store_true", help="Liger with compiled=False (default: compiled)")
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="activation (gradient) checkpointing on for every framework (default: off for every "
+                   "one)")  # fmt: skip
     p.add_argument("--no_losscheck", action="store_true", help="skip the separate step-1 SimPO loss check")
     p.add_argument("--losscheck_batch", type=int, default=8, help="pairs in the loss check's batch")
     p.add_argument("--workdir", default=None, help="where models, data and logs go (default: a temp folder)")
@@ -265,10 +269,11 @@ def parent_main(a) -> int:
 
     liger_ok, liger_text = liger_status()
     a.with_liger = liger_ok
-    frameworks, dropped = runnable_frameworks(plan_frameworks(a.plan) or a.frameworks, liger_ok, cuda)
-    a.setup_only_names = dict(dropped) if a.rehearse else {}  # --rehearse: their set-up runs, then they stop
-    if a.rehearse:
-        frameworks, dropped = list(plan_frameworks(a.plan) or a.frameworks), {}
+    requested = plan_frameworks(a.plan) or a.frameworks
+    frameworks, dropped = runnable_frameworks(requested, liger_ok, cuda)
+    a.setup_only_names = {}
+    if a.rehearse:  # what cannot run here runs its set-up, then stops
+        frameworks, dropped, a.setup_only_names = list(requested), {}, dropped
     liger_line = f"liger: available ({liger_text})" if liger_ok else f"liger: not available ({liger_text})"
     groups = parse_plan(a.plan, a, frameworks)
     baseline_src = {}
@@ -287,9 +292,7 @@ def parent_main(a) -> int:
     machine = machine_info(cuda)
     probe = probe_device(a, workdir)
     peak = probe["peak_matmul"]
-    for key in ("gpu", "gpu_memory_gb"):
-        if key in probe:
-            machine[key] = probe[key]
+    machine |= {key: probe[key] for key in ("gpu", "gpu_memory_gb") if key in probe}
     print(f"command: {command}")
     print(f"machine: {machine['cpu']}, {machine['cpus_usable']} usable CPUs of {machine['cpu_count']}"
           + (f", GPU {machine['gpu']}" if cuda else "") + f", torch threads {machine['torch_threads']}")  # fmt: skip
@@ -343,19 +346,15 @@ def parent_main(a) -> int:
                 case["data"]["model"] = model_info
                 report["cases"][key] = case
             first = case_key(vocab, groups[0].min_len, groups[0].max_len)
+            paths, first_args = cases[first]["paths"], case_args(a, groups[0])
             if not a.no_losscheck:
-                print(f"[{first}] losscheck ...", end=" ", flush=True)
-                check = run_worker(case_args(a, groups[0]), "losscheck", vocab, cases[first]["paths"], workdir,
-                                   f"v{vocab}-losscheck")  # fmt: skip
-                cases[first]["losscheck"] = check
-                print("ok" if check.get("ok") else f"FAILED: {check.get('error')}", flush=True)
+                cases[first]["losscheck"] = run_unmeasured(f"[{first}] losscheck", first_args, "losscheck", vocab,
+                                                           paths, workdir, f"v{vocab}-losscheck")  # fmt: skip
             if a.warmup_worker:  # the first worker of a run is slow on a GPU (issue 25): one that counts for nothing
                 name = groups[0].frameworks[0]
-                print(f"[{first}, warm-up worker, not measured] {name} ...", end=" ", flush=True)
-                result = run_worker(case_args(a, groups[0]), name, vocab, cases[first]["paths"], workdir,
-                                    f"v{vocab}-warmup-{name}", baseline_src.get(name))  # fmt: skip
-                cases[first]["warmup_worker"] = result
-                print("ok" if result.get("ok") else f"FAILED: {result.get('error')}", flush=True)
+                cases[first]["warmup_worker"] = run_unmeasured(
+                    f"[{first}, warm-up worker, not measured] {name}", first_args, name, vocab, paths, workdir,
+                    f"v{vocab}-warmup-{name}", baseline_src.get(name))  # fmt: skip
             for g, group in enumerate(groups):
                 key = case_key(vocab, group.min_len, group.max_len)
                 case, args = cases[key], case_args(a, group)
@@ -399,13 +398,21 @@ def parent_main(a) -> int:
     return 0
 
 
+def run_unmeasured(label: str, args, name: str, vocab: int, paths: dict, workdir: Path, tag: str, src=None) -> dict:
+    """A worker outside the rounds (the loss check, the warm-up worker), its progress line "LABEL ... ok"."""
+    print(f"{label} ...", end=" ", flush=True)
+    result = run_worker(args, name, vocab, paths, workdir, tag, src)
+    print("ok" if result.get("ok") else f"FAILED: {result.get('error')}", flush=True)
+    return result
+
+
 def runnable_frameworks(names: list[str], liger_ok: bool, cuda: bool) -> tuple[list[str], dict[str, str]]:
     """The frameworks that can run here, and why each other one cannot."""
     dropped = {}
     for name in names:
         options = framework_options(name)
         gpu_only = [GPU_ONLY_OPTIONS[o] for o in options if o in GPU_ONLY_OPTIONS]
-        if (name in LIGER_FRAMEWORKS or any(o.startswith("liger") for o in options)) and not liger_ok:
+        if needs_liger(name) and not liger_ok:
             dropped[name] = "liger-kernel does not import"
         elif name in GPU_ONLY_FRAMEWORKS and not cuda:
             dropped[name] = "Liger's Triton kernels need a GPU"

@@ -1,8 +1,11 @@
 """Regenerate every committed number that comes from running amapo: the comparison reports in ``reports/`` and the
-README's default-run table, with the command, the commit and the numerics that made them (``provenance.json``).
+README's default-run table, with the command, the commit and the numerics that made them (``provenance.json``); and
+the speed-and-memory headline of README.md and docs/speed-and-memory.md, from the committed benchmark results
+(``benchmarks/headline.py``).
 
     python reports/regenerate.py                       # everything (about 16 min on the project's 2-core machine)
     python reports/regenerate.py --only default-run    # or the name of one report (COMPARES)
+    python reports/regenerate.py --only headline       # the speed headline only: reads JSON, trains nothing
 
 Every command runs under ``amapo.compare.reproduce.NUMERICS_ENV``, so that ``tests/test_reports_stay_true.py`` can
 rerun a piece and get the same numbers on any machine with the same fingerprint. Commit the code first: the
@@ -12,6 +15,7 @@ provenance names the commit the numbers came from.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import re
@@ -46,6 +50,14 @@ COMPARES = {
                                      "--confirm_seeds", *map(str, range(11, 21))],
 }  # fmt: skip
 TABLE_START, TABLE_END = "<!-- default-run: written by reports/regenerate.py -->", "<!-- /default-run -->"
+
+
+def benchmarks_headline():
+    """``benchmarks/headline.py`` (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("headline", ROOT / "benchmarks" / "headline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def git(*args: str) -> str:
@@ -115,8 +127,12 @@ def compare_report(name: str, options: list[str], commit: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["default-run", *COMPARES], help="Regenerate one piece only.")
+    parser.add_argument("--only", choices=["default-run", "headline", *COMPARES], help="Regenerate one piece only.")
     args = parser.parse_args()
+    if args.only == "headline":  # from committed files: no run, so neither numerics nor provenance matter
+        pages = benchmarks_headline().write()
+        print(f"wrote the speed headline in {', '.join(pages)}", file=sys.stderr)
+        return
     path = REPORTS / PROVENANCE_FILE
     provenance = read_provenance(REPORTS) if path.exists() else {"reports": {}}
     fingerprint, commit = fingerprint_here(), code_commit()
@@ -145,7 +161,11 @@ def main() -> None:
             provenance["reports"][name] = {**compare_report(name, options, commit), "commit": commit}
     path.write_text(json.dumps(provenance, indent=2) + "\n")
     write_readme_table(provenance)
-    print(f"wrote {path}, README.md's default-run table and {', '.join(provenance['reports'])}", file=sys.stderr)
+    wrote = f"wrote {path}, README.md's default-run table and {', '.join(provenance['reports'])}"
+    if args.only is None:
+        benchmarks_headline().write()
+        wrote += ", and the speed headline of README.md and docs/speed-and-memory.md"
+    print(wrote, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -91,5 +91,10 @@ def known_framework(name: str) -> bool:
     )
 
 
+def needs_liger(name: str) -> bool:
+    """A Liger framework, or an amapo one with a Liger option (``+liger-head``, ``+liger-kernels``)."""
+    return name in LIGER_FRAMEWORKS or any(o.startswith("liger") for o in framework_options(name))
+
+
 def worker_device(a) -> str:
     return "cuda" if a.device == "cuda" else "cpu"

@@ -52,7 +52,7 @@ def common_training_kwargs(a, output_dir: str, *, batch: int, max_steps: int, le
         "use_cpu": not cuda,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": bool(getattr(a, "gradient_checkpointing", False)),
         "train_sampling_strategy": "sequential",
     }
 
@@ -283,15 +283,9 @@ def run_liger(a, result: dict) -> dict:
     n_steps = a.warmup + a.steps
     batches = liger_batches(read_jsonl(a.data), tokenizer, a.batch, n_steps)
     # The optimizer exactly as transformers.Trainer builds it for these settings (AdamW, fused where supported).
-    targs = TrainingArguments(
-        **{
-            k: v
-            for k, v in common_training_kwargs(
-                a, a.output_dir, batch=a.batch, max_steps=n_steps, learning_rate=a.lr
-            ).items()
-            if k != "train_sampling_strategy"
-        }
-    )
+    kwargs = common_training_kwargs(a, a.output_dir, batch=a.batch, max_steps=n_steps, learning_rate=a.lr)
+    del kwargs["train_sampling_strategy"]  # the loop takes its batches in data order itself
+    targs = TrainingArguments(**kwargs)
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_cls(params, **optimizer_kwargs)

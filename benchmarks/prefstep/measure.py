@@ -18,6 +18,9 @@ from pathlib import Path
 
 from .common import GB, version_of
 
+PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "liger-kernel", "amapo")  # versions
+MASKS = ("attention_mask", "chosen_attention_mask", "rejected_attention_mask")  # the padded layouts' masks
+
 
 def make_step_timer(warmup: int, cuda: bool):
     """A TrainerCallback timing optimizer steps, recording logged losses, RSS before training, batch contents, and
@@ -96,8 +99,7 @@ def describe_batch(batch) -> dict | None:
         prompt, chosen, rejected = ((segments == s).sum(-1) for s in (1, 2, 3))
         lengths = torch.cat([prompt + chosen, prompt + rejected])
         processed, padded, layout = int((segments > 0).sum()), segments.numel(), "shared_prompt"
-    elif any(k in batch for k in ("attention_mask", "chosen_attention_mask", "rejected_attention_mask")):
-        keys = [k for k in ("attention_mask", "chosen_attention_mask", "rejected_attention_mask") if k in batch]
+    elif keys := [k for k in MASKS if k in batch]:
         lengths = torch.cat([batch[k].sum(-1).reshape(-1) for k in keys])
         processed, padded, layout = int(lengths.sum()), sum(batch[k].numel() for k in keys), "padded"
     elif "position_ids" in batch and batch["input_ids"].shape[0] == 1:  # packed: positions restart per sequence
@@ -263,19 +265,7 @@ def machine_info(cuda: bool) -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {
-            name: version_of(name)
-            for name in (
-                "torch",
-                "transformers",
-                "trl",
-                "accelerate",
-                "datasets",
-                "tokenizers",
-                "liger-kernel",
-                "amapo",
-            )
-        },
+        "versions": {name: version_of(name) for name in PACKAGES},
     }
     with contextlib.suppress(OSError, ValueError):
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -34,9 +34,9 @@ def parse_plan(text: str | None, a, frameworks: list[str]) -> list[Group]:
     groups = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         try:
-            head, names = part.split(":", 2)[:2], part.split(":", 2)[2]
-            min_len, rest = int(head[0]), head[1].split()
-            max_len, rounds = int(rest[0]), int(rest[1].lstrip("x"))
+            min_text, lengths, names = part.split(":", 2)
+            max_text, rounds_text = lengths.split()[:2]
+            min_len, max_len, rounds = int(min_text), int(max_text), int(rounds_text.lstrip("x"))
         except (ValueError, IndexError):
             raise SystemExit(f"--plan: {part!r} is not 'MIN:MAX xROUNDS: FRAMEWORK ...'") from None
         chosen = [name for name in names.split() if name in frameworks]  # unavailable ones were removed already

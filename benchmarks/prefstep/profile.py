@@ -84,17 +84,19 @@ def analyze_trace(path: str | Path, vocab: int) -> dict:
 
     totals: dict[str, float] = defaultdict(float)
     units: dict[tuple[str, str], dict] = {}
+
+    def attribute(event: dict, category: str, us: float) -> None:
+        totals[category] += us
+        unit = units.setdefault((event["name"], category), {"name": event["name"], "category": category,
+                                                            "count": 0, "us": 0})  # fmt: skip
+        unit["count"] += 1
+        unit["us"] += us
+
+    start = min(s["ts"] for s in steps)
     if device:
         for event in device:
             op = by_id.get(event.get("args", {}).get("External id"))
-            chain = chain_of(op, parents) if op else []
-            category = categorize(chain, vocab, event)
-            totals[category] += event["dur"]
-            unit = units.setdefault((event["name"], category), {"name": event["name"], "category": category,
-                                                                "count": 0, "us": 0})  # fmt: skip
-            unit["count"] += 1
-            unit["us"] += event["dur"]
-        start = min(s["ts"] for s in steps)
+            attribute(event, categorize(chain_of(op, parents) if op else [], vocab, event), event["dur"])
         end = max(max(s["ts"] + s["dur"] for s in steps), max(e["ts"] + e["dur"] for e in device))
         busy = union_length([(e["ts"], e["ts"] + e["dur"]) for e in device])
         totals[GAPS] = max(0.0, (end - start) - busy)
@@ -107,13 +109,7 @@ def analyze_trace(path: str | Path, vocab: int) -> dict:
                 children[id(parent)] += event["dur"]
         for event in host:
             self_time = max(0.0, event["dur"] - children[id(event)])
-            category = categorize(chain_of(event, parents), vocab, None)
-            totals[category] += self_time
-            unit = units.setdefault((event["name"], category), {"name": event["name"], "category": category,
-                                                                "count": 0, "us": 0})  # fmt: skip
-            unit["count"] += 1
-            unit["us"] += self_time
-        start = min(s["ts"] for s in steps)
+            attribute(event, categorize(chain_of(event, parents), vocab, None), self_time)
         end = max(s["ts"] + s["dur"] for s in steps)
         inside = union_length([(e["ts"], e["ts"] + e["dur"]) for e in host if parents.get(id(e)) is None])
         totals[GAPS] = max(0.0, (end - start) - inside)
@@ -167,9 +163,8 @@ def categorize(chain: list[dict], vocab: int, device_event: dict | None) -> str:
     kernel = device_event.get("name", "") if device_event else ""
     names = [e.get("name", "") for e in chain]
     innermost = names[0] if names else ""
-    if (device_event and device_event.get("cat") in ("gpu_memcpy", "gpu_memset")) or re.search(
-        r"memcpy|memset", kernel, re.I
-    ):
+    device_copy = bool(device_event) and device_event.get("cat") in ("gpu_memcpy", "gpu_memset")
+    if device_copy or re.search(r"memcpy|memset", kernel, re.I):
         return "copies"
     if any(OPTIMIZER.search(n) for n in names) or re.search(r"adam|multi_tensor_apply", kernel, re.I):
         return "optimizer"
@@ -179,11 +174,7 @@ def categorize(chain: list[dict], vocab: int, device_event: dict | None) -> str:
         return "LM head / log-probs"
     if innermost in COPIES:
         return "copies"
-    if (
-        innermost in MATMULS
-        or any(n in MATMULS for n in names[:3])
-        or re.search(r"gemm|cutlass|xmma|cublas", kernel, re.I)
-    ):
+    if any(n in MATMULS for n in names[:3]) or re.search(r"gemm|cutlass|xmma|cublas", kernel, re.I):  # innermost first
         return "layer matmuls"
     return "elementwise (norms, activations, RoPE)"
 

@@ -32,38 +32,24 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
         summary["first_batch"] = next((r["first_batch"] for r in ok if r.get("first_batch")), None)
         return summary
     model = data_info["model"]
-    reference = base_framework(framework) in REFERENCE_BASED
+    shape = {"n_nonembedding": model["params_nonembedding"], "hidden": model["hidden_size"],  # model_flops's
+             "vocab": model["vocab"], "layers": model["num_hidden_layers"],
+             "reference": base_framework(framework) in REFERENCE_BASED}  # fmt: skip
     tokens_per_s, step_times, mfu, warnings, seen_batches, per_round = [], [], [], [], [], []
     for run in ok:
         round_rates = []
         observed = run.get("batches") or []
         for step, seconds in zip(run.get("measured_steps", []), run.get("step_times", []), strict=False):
-            expected = steps[step - 1]
             seen = observed[step - 1] if step - 1 < len(observed) else None
-            counted = expected
             if seen is not None:
                 seen_batches.append(seen)
-                for key in ("tokens", "response_tokens"):
-                    if key in seen and seen[key] != expected[key]:
-                        warnings.append(
-                            f"step {step}: the collated batch held {seen[key]} {key.replace('_', ' ')}, "
-                            f"the data order says {expected[key]} (a different batch, or truncation): "
-                            "counted what the batch held"
-                        )
-                        counted = {**expected, **{k: seen.get(k, expected[k]) for k in ("tokens", "response_tokens")}}
-                        counted["sum_len_sq"] = seen.get("sum_len_sq", expected["sum_len_sq"])
-            flops = model_flops(
-                counted,
-                n_nonembedding=model["params_nonembedding"],
-                hidden=model["hidden_size"],
-                vocab=model["vocab"],
-                layers=model["num_hidden_layers"],
-                reference=reference,
-            )
-            tokens_per_s.append(counted["tokens"] / seconds)
-            round_rates.append(counted["tokens"] / seconds)
+            counted, differences = credited_counts(step, steps[step - 1], seen)
+            warnings += differences
+            rate = counted["tokens"] / seconds
+            tokens_per_s.append(rate)
+            round_rates.append(rate)
             step_times.append(seconds)
-            mfu.append(flops / seconds / peak)
+            mfu.append(model_flops(counted, **shape) / seconds / peak)
         if round_rates:
             per_round.append(statistics.median(round_rates))
         if not observed or all(b is None for b in observed):
@@ -109,6 +95,21 @@ def summarize(framework: str, runs: list[dict], steps: list[dict], data_info: di
     if settings:
         summary["settings"] = settings
     return summary
+
+
+def credited_counts(step: int, expected: dict, seen: dict | None) -> tuple[dict, list[str]]:
+    """The counts a measured step is credited with: the data order's (``expected``), or, where the collated batch
+    (``seen``) held other token counts (a different batch, or truncation), the batch's; and a warning for each
+    count that differs."""
+    seen = seen or {}
+    keys = [key for key in ("tokens", "response_tokens") if key in seen and seen[key] != expected[key]]
+    if not keys:
+        return expected, []
+    warnings = [f"step {step}: the collated batch held {seen[key]} {key.replace('_', ' ')}, the data order says "
+                f"{expected[key]} (a different batch, or truncation): counted what the batch held"
+                for key in keys]  # fmt: skip
+    counted = {**expected, **{k: seen.get(k, expected[k]) for k in ("tokens", "response_tokens", "sum_len_sq")}}
+    return counted, warnings
 
 
 def phase_peaks(runs: list[dict]) -> dict[str, dict]:
@@ -199,14 +200,8 @@ def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
                f"tokens/s vs {BASELINE}", f"peak {label} vs {BASELINE}"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in summaries.items():
-        if s.get("failed"):
-            error = "; ".join(s.get("errors", ["failed"]))[:160].replace("|", "/").replace("\n", " ")
-            what = "not run" if s.get("not_run") else f"FAILED: {error}"
-            cells = [name, what] + [""] * (len(header) - 2)
-            lines.append("| " + " | ".join(cells) + " |")
-            continue
-        if s.get("setup_only"):
-            cells = [name, "set-up ok (set-up only: cannot run here)"] + [""] * (len(header) - 2)
+        if s.get("failed") or s.get("setup_only"):  # one cell says why, the others are empty
+            cells = [name, unmeasured_text(s)] + [""] * (len(header) - 2)
             lines.append("| " + " | ".join(cells) + " |")
             continue
         cells = [
@@ -233,6 +228,15 @@ def vocab_table(vocab: int, summaries: dict[str, dict], cuda: bool) -> str:
     return "\n".join(lines)
 
 
+def unmeasured_text(summary: dict) -> str:
+    """The table cell of a framework that has no measured step: set-up only, not run, or failed and why."""
+    if not summary.get("failed"):
+        return "set-up ok (set-up only: cannot run here)"
+    if summary.get("not_run"):
+        return "not run"
+    return "FAILED: " + "; ".join(summary.get("errors", ["failed"]))[:160].replace("|", "/").replace("\n", " ")
+
+
 def loss_comparisons(summaries: dict[str, dict]) -> list[str]:
     lines = []
     for a_name, b_name in (
@@ -245,8 +249,8 @@ def loss_comparisons(summaries: dict[str, dict]) -> list[str]:
         if a_loss is not None and b_loss is not None:
             lines.append(f"step-1 loss {a_name} - {b_name}: {a_loss - b_loss:+.3e} ({a_loss:.8f} vs {b_loss:.8f})")
     for name, s in summaries.items():  # an option must not change the numbers: its step-1 loss against amapo's own
-        base = name.split("@", 1)[0].split("+", 1)[0]
-        if name != base and "+" in name and s.get("step1_loss") is not None:
+        base = base_framework(name)
+        if "+" in name and s.get("step1_loss") is not None:
             base_loss = summaries.get(base, {}).get("step1_loss")
             if base_loss is not None:
                 lines.append(f"step-1 loss {name} - {base}: {s['step1_loss'] - base_loss:+.3e}")

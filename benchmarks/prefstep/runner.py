@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import AMAPO_FRAMEWORKS, REPO_ROOT, RESULT_MARKER, SCRIPT
+from .common import AMAPO_FRAMEWORKS, GB, REPO_ROOT, RESULT_MARKER, SCRIPT
 
 
 def probe_device(a, workdir: Path) -> dict:
@@ -60,6 +60,8 @@ def worker_command(a, framework: str, vocab: int, model_dir: Path, data: Path, o
         cmd += ["--amapo_lm_head_chunk_size", str(a.amapo_lm_head_chunk_size)]
     if a.liger_no_compile:
         cmd += ["--liger_no_compile"]
+    if getattr(a, "gradient_checkpointing", False):
+        cmd += ["--gradient_checkpointing"]
     if a.with_liger:
         cmd += ["--with_liger"]
     if framework in getattr(a, "setup_only_names", {}):  # --rehearse: an entry this machine cannot run
@@ -114,9 +116,7 @@ def run_worker(
                                   env=worker_env(workdir, src), cwd=REPO_ROOT)  # fmt: skip
             stdout, stderr, returncode = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as e:
-            stdout = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            returncode = None
+            stdout, stderr, returncode = as_text(e.stdout), as_text(e.stderr), None
     elapsed = time.perf_counter() - start
     log_path.write_text(f"$ {shlex.join(cmd)}\n\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
     result = None
@@ -127,8 +127,7 @@ def run_worker(
             break
     if result is None:
         if over_cap is not None:
-            error = (f"out of memory: stopped by the memory cap, RSS {over_cap / 1024**3:.2f} GiB > "
-                     f"{memory_cap / 1024**3:.2f} GiB")  # fmt: skip
+            error = f"out of memory: stopped by the memory cap, RSS {over_cap / GB:.2f} GiB > {memory_cap / GB:.2f} GiB"
         elif returncode is None:
             error = f"timed out after {a.worker_timeout} s"
         elif returncode < 0:
@@ -145,6 +144,11 @@ def run_worker(
     result["log"] = str(log_path)
     shutil.rmtree(output_dir, ignore_errors=True)  # trainer outputs (saved models) are not needed afterwards
     return result
+
+
+def as_text(output: str | bytes | None) -> str:
+    """A timed-out process's output (``subprocess.TimeoutExpired`` may hold bytes even with ``text=True``)."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
 CAP_POLL_S = 0.05  # how often a capped worker's RSS is read: at ~10 GB/s of allocation, 0.5 GB past the cap at most

@@ -15,10 +15,10 @@ from pathlib import Path
 from .common import (
     AMAPO_FRAMEWORKS,
     GB,
-    LIGER_FRAMEWORKS,
     RESULT_MARKER,
     base_framework,
     framework_options,
+    needs_liger,
     read_jsonl,
     worker_device,
 )
@@ -141,7 +141,7 @@ def worker_main(a) -> int:
     try:
         if a.setup_only:  # prefstep/setup_only.py: as far as this machine allows, then stop at the first step
             result["setup_only"] = True
-            if a.worker in LIGER_FRAMEWORKS or any(o.startswith("liger") for o in framework_options(a.worker)):
+            if needs_liger(a.worker):
                 result["notes"].append(install_liger_stand_ins())
             if base_framework(a.worker) in AMAPO_FRAMEWORKS:
                 check_amapo_kernels_as_on_cuda()

@@ -1,7 +1,10 @@
-"""Checks of the options of ``amapo eval``, ``analyze`` and ``compare`` that need nothing loaded.
+"""Checks of command-line options that need nothing loaded: numbers, model paths, dataset paths, token limits, method
+names, shared by ``amapo eval``, ``analyze``, ``compare``, ``generate`` and ``make-pairs``.
 
 Each names its option with the leading ``--`` and raises ``UserError``, so a mistake is one line before a model, a
-tokenizer or a dataset loads (a bug elsewhere keeps its traceback).
+tokenizer or a dataset loads (a bug elsewhere keeps its traceback). A library module (it stands on ``amapo.data``,
+``amapo.builtin`` and ``amapo.losses`` only), so every command checks its options the same way without importing
+another command's package.
 """
 
 from __future__ import annotations

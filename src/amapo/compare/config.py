@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_method, check_number
+from amapo.option_checks import check_method, check_number
 
 DEFAULT_METHODS = [
     "dpo",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ PAPER_NUMBERS = (
     ("mutual-OOD accuracy", "Mistral-7B-Instruct", ("mutual_ood", "accuracy"), 2,
      {"amapo": 90.91, "simpo": 85.64, "dpo": 72.89}),
 )  # fmt: skip
+GRADIENT_COLUMNS = {  # indicator (RunResult.gradient) -> its heading
+    "grad_weight/correct": "weight on pairs ranked right",
+    "grad_weight/incorrect": "weight on pairs ranked wrong",
+    "gradient/overfitting": "overfitting",
+    "gradient/underfitting": "underfitting",
+}
 BENCHMARK_COLUMNS = ("accuracy", "rm_bench/easy", "rm_bench/normal", "rm_bench/hard", "accuracy/all_pairs",
                      "kendall_tau")  # fmt: skip
 
@@ -49,6 +56,11 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {spread:.3f}"
 
 
+def percent_text(values: list[float]) -> str:
+    mean, spread = mean_spread(values)
+    return f"{100 * mean:.1f} ± {100 * spread:.1f}"
+
+
 def by_tag(results: list[RunResult]) -> dict[str, list[RunResult]]:
     groups: dict[str, list[RunResult]] = defaultdict(list)
     for run in results:
@@ -56,8 +68,16 @@ def by_tag(results: list[RunResult]) -> dict[str, list[RunResult]]:
     return dict(groups)
 
 
+def measurements(run: RunResult, section: str) -> dict[str, float]:
+    """One kind of a run's measurements: ``accuracy``, ``gradient`` or ``generation``, or ``benchmarks/NAME`` (its
+    numbers on the ``--eval_datasets`` set NAME; none if it has no such set)."""
+    kind, _, name = section.partition("/")
+    return run.benchmarks.get(name, {}) if kind == "benchmarks" else getattr(run, section)
+
+
 def column(runs: list[RunResult], section: str, key: str) -> list[float]:
-    return [getattr(r, section)[key] for r in runs if key in getattr(r, section)]
+    """``key`` of ``section`` (``measurements``) in each run that measured it."""
+    return [measurements(r, section)[key] for r in runs if key in measurements(r, section)]
 
 
 def per_item(run: RunResult, section: str, key: str) -> np.ndarray | None:
@@ -69,23 +89,22 @@ def per_item(run: RunResult, section: str, key: str) -> np.ndarray | None:
     return None
 
 
-def paired(a_runs: list[RunResult], b_runs: list[RunResult], section: str, key: str, higher_is_better: bool = True):
+def paired(
+    a_runs: list[RunResult], b_runs: list[RunResult], section: str, key: str, higher_is_better: bool = True
+) -> PairedDifference | None:
     """The paired difference of two groups of runs on one metric, over the seeds both have (None if none):
     item by item where the runs kept their items, else run by run."""
     a_by_seed, b_by_seed = {r.seed: r for r in a_runs}, {r.seed: r for r in b_runs}
-    seeds = [s for s in sorted(a_by_seed) if s in b_by_seed and key in getattr(a_by_seed[s], section)
-             and key in getattr(b_by_seed[s], section)]  # fmt: skip
+    seeds = [s for s in sorted(a_by_seed) if s in b_by_seed and key in measurements(a_by_seed[s], section)
+             and key in measurements(b_by_seed[s], section)]  # fmt: skip
     if not seeds:
         return None
-    items = [(per_item(a_by_seed[s], section, key), per_item(b_by_seed[s], section, key)) for s in seeds]
-    if (
-        all(a is not None and b is not None and a.shape == b.shape for a, b in items)
-        and len({a.shape for a, _ in items}) == 1
-    ):
-        a, b = np.stack([a for a, _ in items]), np.stack([b for _, b in items])
+    a_paired, b_paired = [a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds]
+    items = [per_item(run, section, key) for run in a_paired + b_paired]
+    if all(x is not None for x in items) and len({x.shape for x in items}) == 1:  # one shape in every run
+        a, b = np.stack(items[: len(seeds)]), np.stack(items[len(seeds) :])
     else:
-        a = np.array([getattr(a_by_seed[s], section)[key] for s in seeds])
-        b = np.array([getattr(b_by_seed[s], section)[key] for s in seeds])
+        a, b = np.array(column(a_paired, section, key)), np.array(column(b_paired, section, key))
     return paired_difference(a, b, higher_is_better)
 
 
@@ -106,175 +125,109 @@ class Claim:
         return paired(groups[self.a], groups[self.b], self.section, self.key, self.higher_is_better)
 
 
-def paper_claims() -> list[Claim]:
-    claims = [
-        Claim(
-            "AMaPO ranks held-out pairs better than SimPO (in distribution)",
-            "amapo",
-            "simpo",
-            "accuracy",
-            "in_distribution",
-        ),
-        Claim(
-            "AMaPO ranks held-out pairs better than DPO (in distribution)",
-            "amapo",
-            "dpo",
-            "accuracy",
-            "in_distribution",
-        ),
-        Claim(
-            "AMaPO generalizes better than SimPO to new responses (response-OOD)",
-            "amapo",
-            "simpo",
-            "accuracy",
-            "response_ood",
-        ),
-        Claim("AMaPO generalizes better than SimPO under mutual OOD", "amapo", "simpo", "accuracy", "mutual_ood"),
-        Claim(
-            "AMaPO spends less gradient on pairs already ranked right than SimPO (less overfitting)",
-            "amapo",
-            "simpo",
-            "gradient",
-            "gradient/overfitting",
-            higher_is_better=False,
-        ),
-        Claim(
-            "AMaPO spends less gradient on pairs already ranked right than DPO (less overfitting)",
-            "amapo",
-            "dpo",
-            "gradient",
-            "gradient/overfitting",
-            higher_is_better=False,
-        ),
-        Claim(
-            "AMaPO corrects pairs ranked wrong more strongly than SimPO (less underfitting)",
-            "amapo",
-            "simpo",
-            "gradient",
-            "gradient/underfitting",
-            higher_is_better=False,
-        ),
-        Claim(
-            "AMaPO corrects pairs ranked wrong more strongly than DPO (less underfitting)",
-            "amapo",
-            "dpo",
-            "gradient",
-            "gradient/underfitting",
-            higher_is_better=False,
-        ),
-        Claim(
-            "AMaPO's answers are shorter than SimPO's",
-            "amapo",
-            "simpo",
-            "generation",
-            "in_distribution/length",
-            higher_is_better=False,
-        ),
-        Claim(
-            "AMaPO's answers have a higher true reward than SimPO's",
-            "amapo",
-            "simpo",
-            "generation",
-            "in_distribution/true_reward",
-        ),
-    ]
-    for ablation, what in (
-        ("amapo-no-znorm", "Z-normalization"),
-        ("amapo-no-exp", "exponential scaling"),
-        ("amapo-no-adaptive", "the adaptive margin (Z-norm and exp)"),
-        ("amapo-no-zero-margin", "the zero margin for pairs ranked right"),
-    ):
-        claims.append(
-            Claim(
-                f"Removing {what} lowers ranking accuracy (in distribution)",
-                "amapo",
-                ablation,
-                "accuracy",
-                "in_distribution",
-            )
-        )
-    return claims
+PAPER_CLAIMS = (
+    Claim("AMaPO ranks held-out pairs better than SimPO (in distribution)", "amapo", "simpo", "accuracy",
+          "in_distribution"),
+    Claim("AMaPO ranks held-out pairs better than DPO (in distribution)", "amapo", "dpo", "accuracy",
+          "in_distribution"),
+    Claim("AMaPO generalizes better than SimPO to new responses (response-OOD)", "amapo", "simpo", "accuracy",
+          "response_ood"),
+    Claim("AMaPO generalizes better than SimPO under mutual OOD", "amapo", "simpo", "accuracy", "mutual_ood"),
+    Claim("AMaPO spends less gradient on pairs already ranked right than SimPO (less overfitting)", "amapo", "simpo",
+          "gradient", "gradient/overfitting", higher_is_better=False),
+    Claim("AMaPO spends less gradient on pairs already ranked right than DPO (less overfitting)", "amapo", "dpo",
+          "gradient", "gradient/overfitting", higher_is_better=False),
+    Claim("AMaPO corrects pairs ranked wrong more strongly than SimPO (less underfitting)", "amapo", "simpo",
+          "gradient", "gradient/underfitting", higher_is_better=False),
+    Claim("AMaPO corrects pairs ranked wrong more strongly than DPO (less underfitting)", "amapo", "dpo",
+          "gradient", "gradient/underfitting", higher_is_better=False),
+    Claim("AMaPO's answers are shorter than SimPO's", "amapo", "simpo", "generation", "in_distribution/length",
+          higher_is_better=False),
+    Claim("AMaPO's answers have a higher true reward than SimPO's", "amapo", "simpo", "generation",
+          "in_distribution/true_reward"),
+    *(Claim(f"Removing {what} lowers ranking accuracy (in distribution)", "amapo", ablation, "accuracy",
+            "in_distribution")
+      for ablation, what in (
+          ("amapo-no-znorm", "Z-normalization"),
+          ("amapo-no-exp", "exponential scaling"),
+          ("amapo-no-adaptive", "the adaptive margin (Z-norm and exp)"),
+          ("amapo-no-zero-margin", "the zero margin for pairs ranked right"),
+      )),
+)  # fmt: skip
+
+
+def table_row(name: str, cells: list[str]) -> str:
+    """A Markdown table row: the row's name, then its cells."""
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def table_head(name: str, headings: list[str]) -> list[str]:
+    return [table_row(name, headings), "|---" * (len(headings) + 1) + "|"]
+
+
+def mean_rows(named_groups: Iterable[tuple[str, list[RunResult]]], section: str, keys: list[str]) -> list[str]:
+    """A row per (name, runs): the runs' mean ± spread of each ``key`` of ``section``."""
+    return [table_row(name, [fmt(column(runs, section, k)) for k in keys]) for name, runs in named_groups]
+
+
+def sizes_text(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sizes.items())
 
 
 def accuracy_table(groups: dict[str, list[RunResult]], sets: list[str], base: dict) -> list[str]:
-    lines = ["| method | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    lines = table_head("method", sets)
     if base.get("accuracy"):  # the initial policy ranked by mean log-prob (the reward of SimPO / AMaPO)
         cells = [f"{base['accuracy'][s]:.3f}" if s in base["accuracy"] else "-" for s in sets]
-        lines.append("| base model (mean log-prob) | " + " | ".join(cells) + " |")
-    for tag, runs in groups.items():
-        lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "accuracy", s)) for s in sets) + " |")
-    return lines
-
-
-def gradient_table(groups: dict[str, list[RunResult]]) -> list[str]:
-    keys = ["grad_weight/correct", "grad_weight/incorrect", "gradient/overfitting", "gradient/underfitting"]
-    lines = [
-        "| method | weight on pairs ranked right | weight on pairs ranked wrong | overfitting | underfitting |",
-        "|---|---|---|---|---|",
-    ]
-    for tag, runs in groups.items():
-        lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "gradient", k)) for k in keys) + " |")
-    return lines
-
-
-def generation_table(groups: dict[str, list[RunResult]], keys: list[str]) -> list[str]:
-    lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for tag, runs in groups.items():
-        lines.append(f"| {tag} | " + " | ".join(fmt(column(runs, "generation", k)) for k in keys) + " |")
-    return lines
-
-
-def benchmark_values(runs: list[RunResult], name: str, key: str) -> list[float]:
-    return [r.benchmarks[name][key] for r in runs if key in r.benchmarks.get(name, {})]
+        lines.append(table_row("base model (mean log-prob)", cells))
+    return lines + mean_rows(groups.items(), "accuracy", sets)
 
 
 def benchmark_tables(groups: dict[str, list[RunResult]], names: list[str]) -> list[str]:
     """One table per ``--eval_datasets`` set: each method's numbers on it (mean ± spread over seeds)."""
+    runs = [r for group in groups.values() for r in group]
     lines = []
     for name in names:
-        runs = [r for group in groups.values() for r in group]
-        keys = [k for k in BENCHMARK_COLUMNS if benchmark_values(runs, name, k)]
-        lines += [f"### {name}", "", "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for tag, group in groups.items():
-            lines.append(f"| {tag} | " + " | ".join(fmt(benchmark_values(group, name, k)) for k in keys) + " |")
-        lines.append("")
+        section = f"benchmarks/{name}"
+        keys = [k for k in BENCHMARK_COLUMNS if column(runs, section, k)]
+        lines += [f"### {name}", "", *table_head("method", keys), *mean_rows(groups.items(), section, keys), ""]
     return lines
 
 
+def where_measured(where: str, key: str, runs: list[RunResult]) -> tuple[str, str, str] | None:
+    """Where these runs measured the paper's number ``key`` on ``where``, as (section, key there, the words that name
+    it), or None: RM-Bench from an ``--eval_datasets`` set in its format, another set from the ``--eval_datasets``
+    set of that name, else from the recipe's."""
+    if where == "rm_bench":
+        in_its_format = sorted({n for r in runs for n, m in r.benchmarks.items() if "rm_bench/hard" in m})
+        if not in_its_format:
+            return None
+        where = in_its_format[0]
+    if any(where in r.benchmarks for r in runs):
+        return f"benchmarks/{where}", key, f"`--eval_datasets` set `{where}`"
+    if any(where in r.accuracy for r in runs):
+        return "accuracy", where, f"the recipe's set `{where}`"
+    return None
+
+
 def paper_number_lines(config: CompareConfig, groups: dict[str, list[RunResult]]) -> list[str]:
-    """The paper's RM-Bench and OOD numbers beside ours, for each of them this comparison measured: RM-Bench from an
-    ``--eval_datasets`` set in its format, OOD from the ``--eval_datasets`` set of that name, else the recipe's."""
+    """The paper's RM-Bench and OOD numbers beside ours, for each of them this comparison measured
+    (``where_measured``)."""
     runs = [r for group in groups.values() for r in group]
-    rm_bench_sets = sorted({n for r in runs for n, m in r.benchmarks.items() if "rm_bench/hard" in m})
     lines = []
     for what, setting, (where, key), decimals, paper in PAPER_NUMBERS:
-        if where == "rm_bench":
-            if not rm_bench_sets:
-                continue
-            name, read, source = rm_bench_sets[0], benchmark_values, f"`--eval_datasets` set `{rm_bench_sets[0]}`"
-        elif any(where in r.benchmarks for r in runs):
-            name, read, source = where, benchmark_values, f"`--eval_datasets` set `{where}`"
-        elif any(where in r.accuracy for r in runs):
-            name, source = where, f"the recipe's set `{where}`"
-            read = lambda group, set_name, _key: column(group, "accuracy", set_name)  # noqa: E731
-        else:
+        found = where_measured(where, key, runs)
+        if found is None:
             continue
-        ours = {m: read(groups[m], name, key) for m in paper if m in groups}
-        ours = {m: v for m, v in ours.items() if v}
+        section, key_there, source = found
+        ours = {m: values for m in paper if m in groups and (values := column(groups[m], section, key_there))}
         if not ours:
             continue
         theirs = ", ".join(f"{m} {v:.{decimals}f}" for m, v in paper.items())
-        here = ", ".join(f"{m} {100 * mean_spread(v)[0]:.1f} ± {100 * mean_spread(v)[1]:.1f}" for m, v in ours.items())
+        here = ", ".join(f"{m} {percent_text(v)}" for m, v in ours.items())
         order = ""
-        if {"amapo", "simpo"} <= set(ours):
-            if read is benchmark_values:  # a number per run: the paired t-interval over seeds
-                a, b = ({r.seed: r.benchmarks[name][key] for r in groups[m] if key in r.benchmarks.get(name, {})}
-                        for m in ("amapo", "simpo"))  # fmt: skip
-                both = sorted(set(a) & set(b))
-                diff, over = paired_difference([a[s] for s in both], [b[s] for s in both]), f"{len(both)} seeds"
-            else:  # the recipe's set: pair by pair, as the claims above
-                diff = paired(groups["amapo"], groups["simpo"], "accuracy", name)
-                over = f"{len(diff.per_seed)} seeds" + (f" x {diff.items} pairs" if diff.items else "")
+        if {"amapo", "simpo"} <= set(ours):  # pair by pair on the recipe's sets, run by run on --eval_datasets sets
+            diff = paired(groups["amapo"], groups["simpo"], section, key_there)
+            over = f"{len(diff.per_seed)} seeds" + (f" x {diff.items} pairs" if diff.items else "")
             order = (f"; AMaPO above SimPO as in the paper (uncorrected, the discovery seeds): {diff.verdict} "
                      f"(amapo - simpo {diff.interval_text}, {over})")  # fmt: skip
         lines.append(f"- {what}: paper ({setting}) {theirs}; here ({source}) {here}{order}.")
@@ -303,21 +256,19 @@ def sweep_section(config: CompareConfig, results: list[RunResult], output_dir: P
     lines = ["## Beta sweep", ""]
     betas = sorted(config.beta_sweep)
     for method in config.methods:
-        runs = [r for r in results if r.method == method]
-        lines += [f"### {method}", "", "| beta | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
-        means, spreads = defaultdict(list), defaultdict(list)
-        for beta in betas:
-            at_beta = [r for r in runs if r.beta == beta]
-            lines.append(f"| {beta:g} | " + " | ".join(fmt(column(at_beta, "accuracy", s)) for s in sets) + " |")
-            for s in sets:
-                m, sd = mean_spread(column(at_beta, "accuracy", s))
-                means[s].append(m)
-                spreads[s].append(sd)
+        by_beta = {beta: [r for r in results if r.method == method and r.beta == beta] for beta in betas}
+        lines += [f"### {method}", "", *table_head("beta", sets)]
+        lines += mean_rows(((f"{beta:g}", runs) for beta, runs in by_beta.items()), "accuracy", sets)
+        means: dict[str, list[float]] = {s: [] for s in sets}
+        spreads: dict[str, list[float]] = {s: [] for s in sets}
+        for s in sets:
+            for runs in by_beta.values():
+                mean, spread = mean_spread(column(runs, "accuracy", s))
+                means[s].append(mean)
+                spreads[s].append(spread)
         plot_sweep(betas, means, spreads, output_dir / f"beta_sweep_{method}.png")
         lines += ["", f"![beta sweep](beta_sweep_{method}.png)", ""]
-        by_beta = {beta: [r for r in runs if r.beta == beta] for beta in betas}
-        for s in sets:
-            lines.append(f"- {s}: {inverted_u_verdict(betas, means[s], by_beta, s)}")
+        lines += [f"- {s}: {inverted_u_verdict(betas, means[s], by_beta, s)}" for s in sets]
         lines.append("")
     return lines
 
@@ -327,16 +278,17 @@ def inverted_u_verdict(betas: list[float], means: list[float], by_beta: dict[flo
     each end by a paired interval above 0 (the same seeds and pairs at every beta), else it cannot tell."""
     if len(betas) < 3:
         return "needs at least 3 betas to test the inverted-U claim"
-    peak = int(np.argmax(means))
-    where = f"peak at beta {betas[peak]:g} ({means[peak]:.3f})"
-    if peak in (0, len(betas) - 1):
+    top = int(np.argmax(means))
+    peak, ends = betas[top], (betas[0], betas[-1])
+    where = f"peak at beta {peak:g} ({means[top]:.3f})"
+    if top in (0, len(betas) - 1):
         return f"no inverted U: {where}, at the end of the range"
-    ends = [paired(by_beta[betas[peak]], by_beta[betas[end]], "accuracy", key) for end in (0, len(betas) - 1)]
-    if any(diff is None for diff in ends):
+    diffs = [paired(by_beta[peak], by_beta[end], "accuracy", key) for end in ends]
+    if None in diffs:
         return f"cannot tell: {where}, and the betas share no seed"
-    said = ", ".join(f"beta {betas[peak]:g} - beta {betas[end]:g} {diff.interval_text}"
-                     for end, diff in zip((0, len(betas) - 1), ends, strict=True))  # fmt: skip
-    if all(diff.low > 0 for diff in ends):
+    said = ", ".join(f"beta {peak:g} - beta {end:g} {diff.interval_text}"
+                     for end, diff in zip(ends, diffs, strict=True))  # fmt: skip
+    if all(diff.low > 0 for diff in diffs):
         return f"inverted U present: {where}; {said}"
     return f"inverted U cannot be told at this size: {where}; {said}"
 
@@ -360,13 +312,20 @@ CONFIRMATION = (
     "the corrected verdict holds in both seed sets; **suggestive**: a verdict holds somewhere (raw or corrected, "
     "discovery or confirmation) but not in both; **cannot tell**: in neither."
 )
+NO_CONFIRMATION = "No confirmation seeds (`--confirm_seeds`): no claim can be established here, only suggested."
+ONE_SEED = (
+    "With one seed the intervals cover the held-out items only, not the training randomness: give `--seeds` at least "
+    "2 for a verdict on the methods rather than on this one training order."
+)
+CLAIM_HEADINGS = ["claim (a vs b)", "metric", "a - b, 95% interval", "over", "p (Holm)", "verdict: raw / corrected"]
+CONFIRMATION_HEADINGS = ["confirmation: a - b, 95% interval", "p (Holm)", "verdict"]
 
 
 def claims_table(discovery: dict[str, list[RunResult]], confirmation: dict[str, list[RunResult]] | None) -> list[str]:
     """The paper's claims on these runs: the discovery seeds' difference, raw and Holm-corrected verdicts; with
     ``confirmation`` (the ``--confirm_seeds`` runs), the claims that hold tested again there, and each claim's status
     (``statistics.claim_status``)."""
-    tested = [(claim, diff) for claim in paper_claims() if (diff := claim.difference(discovery)) is not None]
+    tested = [(claim, diff) for claim in PAPER_CLAIMS if (diff := claim.difference(discovery)) is not None]
     if not tested:
         return ["- (none of the paper's pairwise claims involve these methods)"]
     adjusted = holm([diff.p_value for _, diff in tested])
@@ -376,29 +335,37 @@ def claims_table(discovery: dict[str, list[RunResult]], confirmation: dict[str, 
         again = {i: claim.difference(confirmation) for i, (claim, _) in enumerate(tested)}
     carried = [i for i, verdict in enumerate(corrected) if verdict != CANNOT_TELL and again.get(i) is not None]
     again_adjusted = dict(zip(carried, holm([again[i].p_value for i in carried]), strict=True))
-    header = ["claim (a vs b)", "metric", "a - b, 95% interval", "over", "p (Holm)", "verdict: raw / corrected"]
-    if confirmation is not None:
-        header += ["confirmation: a - b, 95% interval", "p (Holm)", "verdict"]
-    header.append("status")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    headings = CLAIM_HEADINGS + (CONFIRMATION_HEADINGS if confirmation is not None else []) + ["status"]
+    lines = table_head(headings[0], headings[1:])
     for i, (claim, diff) in enumerate(tested):
         sign = "" if claim.higher_is_better else " (lower is better: b - a)"
-        over = f"{len(diff.per_seed)} seeds"
-        if diff.items:
-            over += f" x {diff.items} items ({100 * diff.seed_share:.0f}% of the variance from seeds)"
-        cells = [claim.text, f"{claim.key}{sign}", diff.interval_text, over, p_text(diff.p_value, adjusted[i]),
+        cells = [f"{claim.key}{sign}", diff.interval_text, over_text(diff), p_text(diff.p_value, adjusted[i]),
                  f"{diff.verdict} / **{corrected[i]}**"]  # fmt: skip
-        confirmed, other = None, again.get(i)
+        other = again.get(i)
+        confirmed = other.verdict_at(again_adjusted[i]) if i in again_adjusted else None
         if confirmation is not None:
-            if i in again_adjusted:
-                confirmed = other.verdict_at(again_adjusted[i])
-                cells += [other.interval_text, p_text(other.p_value, again_adjusted[i]), f"**{confirmed}**"]
-            else:
-                why = "not carried (not resolved in discovery)" if other is not None else "no runs"
-                cells += [other.interval_text if other is not None else "-", "-", why]
+            cells += confirmation_cells(other, again_adjusted.get(i), confirmed)
         status = claim_status(corrected[i], confirmed, diff.verdict, other.verdict if other is not None else None)
-        lines.append("| " + " | ".join(cells) + f" | **{status}** |")
+        lines.append(table_row(claim.text, [*cells, f"**{status}**"]))
     return lines
+
+
+def over_text(diff: PairedDifference) -> str:
+    """What a claim's difference is taken over: seeds, and held-out items with the seeds' share of the variance."""
+    over = f"{len(diff.per_seed)} seeds"
+    if diff.items:
+        over += f" x {diff.items} items ({100 * diff.seed_share:.0f}% of the variance from seeds)"
+    return over
+
+
+def confirmation_cells(other: PairedDifference | None, adjusted: float | None, confirmed: str | None) -> list[str]:
+    """A claim's confirmation cells: its difference there (``other``), and, if carried, the Holm-adjusted p-value
+    and corrected verdict."""
+    if confirmed is not None:
+        return [other.interval_text, p_text(other.p_value, adjusted), f"**{confirmed}**"]
+    if other is None:
+        return ["-", "-", "no runs"]
+    return [other.interval_text, "-", "not carried (not resolved in discovery)"]
 
 
 def p_text(raw: float, adjusted: float) -> str:
@@ -407,33 +374,27 @@ def p_text(raw: float, adjusted: float) -> str:
     return f"{raw:.3g} ({adjusted:.3g})"
 
 
-def write_report(
-    config: CompareConfig, results: list[RunResult], base: dict, points, output_dir: Path, preamble: str = ""
-) -> Path:
-    """``report.md`` (and its figures) in ``output_dir``; ``preamble``: lines put under the title (how it was made)."""
-    groups = by_tag(results)
-    sets = [s for s in SETS if any(s in r.accuracy for r in results)] or sorted(
-        {k for r in results for k in r.accuracy}
-    )
+def method_note(config: CompareConfig) -> str:
     seeds = ", ".join(map(str, config.seeds))
     if config.confirm_seeds:
         seeds += f" (discovery) and {', '.join(map(str, config.confirm_seeds))} (confirmation)"
     budget = f"{config.max_steps} steps" if config.max_steps > 0 else f"the recipe's budget ({config.recipe})"
-    pairs = {name: len(bits) for r in results for name, bits in r.ranked_right.items()}
-    sizes = ", ".join(f"{name} {n}" for name, n in pairs.items())
-    prompts = {key.split("/")[0]: len(v) for r in results for key, v in r.per_prompt.items()}
-    lines = [
-        "# amapo compare",
-        "",
-        *([preamble, ""] if preamble else []),
+    swept = " except beta (swept)" if config.beta_sweep else ""
+    return (
         f"Recipe `{config.recipe}`, methods {', '.join(config.methods)}, seeds {seeds}, {budget} per run; every "
-        "method with its own paper defaults for its loss options"
-        + (" except beta (swept)" if config.beta_sweep else "")
-        + ". Values are mean ± sample standard deviation over seeds. All numbers come from `runs.json`.",
-        "",
+        f"method with its own paper defaults for its loss options{swept}. Values are mean ± sample standard "
+        "deviation over seeds. All numbers come from `runs.json`."
+    )
+
+
+def measured_sections(config: CompareConfig, results: list[RunResult], base: dict, sets: list[str]) -> list[str]:
+    """The tables of what the runs measured: ranking accuracy, gradient dynamics, generation, benchmark sets."""
+    groups = by_tag(results)
+    pairs = {name: len(bits) for r in results for name, bits in r.ranked_right.items()}
+    lines = [
         "## Ranking accuracy (implicit reward of each method, held-out pairs)",
         "",
-        f"Pairs per set: {sizes or 'none'}.",
+        f"Pairs per set: {sizes_text(pairs) or 'none'}.",
         "",
         *accuracy_table(groups, sets, base),
         "",
@@ -442,43 +403,41 @@ def write_report(
         "Per-pair weight |dL/dr|; overfitting = share of gradient on pairs ranked right, underfitting = mean "
         "(1 - weight) on pairs ranked wrong. Lower is better for both.",
         "",
-        *gradient_table(groups),
+        *table_head("method", list(GRADIENT_COLUMNS.values())),
+        *mean_rows(groups.items(), "gradient", list(GRADIENT_COLUMNS)),
         "",
     ]
     generation_keys = sorted({k for r in results for k in r.generation})
     if generation_keys:
-        answered = ", ".join(f"{name} {n}" for name, n in prompts.items())
+        answered = sizes_text({key.split("/")[0]: len(v) for r in results for key, v in r.per_prompt.items()})
         lines += [
             f"## Generation (greedy answers to held-out prompts: {answered}; at most {config.max_new_tokens} tokens)",
             "",
-            *generation_table(groups, generation_keys),
+            *table_head("method", generation_keys),
+            *mean_rows(groups.items(), "generation", generation_keys),
             "",
         ]
     benchmark_names = list(dict.fromkeys(n for r in results for n in r.benchmarks))
     if benchmark_names:
         lines += ["## Benchmark sets (`--eval_datasets`, each method's implicit reward, final model)", ""]
         lines += benchmark_tables(groups, benchmark_names)
-    if config.beta_sweep:
-        lines += sweep_section(config, results, output_dir, sets)
-    else:
-        one_seed = (
-            ["With one seed the intervals cover the held-out items only, not the training randomness: give `--seeds` "
-             "at least 2 for a verdict on the methods rather than on this one training order.", ""]
-            if len(config.seeds) == 1 else []
-        )  # fmt: skip
-        discovery = by_tag([r for r in results if r.seed in config.seeds])
-        confirmation = by_tag([r for r in results if r.seed in config.confirm_seeds]) if config.confirm_seeds else None
-        note = (
-            [CONFIRMATION, ""]
-            if confirmation is not None
-            else ["No confirmation seeds (`--confirm_seeds`): no claim can be established here, only suggested.", ""]
-        )
-        lines += ["## Against the paper", "", INTERVALS, "", *note, *one_seed, *claims_table(discovery, confirmation),
-                  ""]  # fmt: skip
-        lines += paper_number_lines(config, discovery)
-        lines.append("")
+    return lines
+
+
+def against_the_paper(config: CompareConfig, results: list[RunResult]) -> list[str]:
+    """The paper's claims tested on the discovery seeds (and the confirmation seeds), and its numbers beside ours."""
+    discovery = by_tag([r for r in results if r.seed in config.seeds])
+    confirmation = by_tag([r for r in results if r.seed in config.confirm_seeds]) if config.confirm_seeds else None
+    note = CONFIRMATION if confirmation is not None else NO_CONFIRMATION
+    one_seed = [ONE_SEED, ""] if len(config.seeds) == 1 else []
+    return ["## Against the paper", "", INTERVALS, "", note, "", *one_seed, *claims_table(discovery, confirmation), "",
+            *paper_number_lines(config, discovery), ""]  # fmt: skip
+
+
+def figures_section(config: CompareConfig, results: list[RunResult], points, output_dir: Path) -> list[str]:
+    """Accuracy over training steps and gradient weight against score, drawn into ``output_dir``."""
     figures = []
-    curves = curves_by_tag(groups, config.analysis_set)
+    curves = curves_by_tag(by_tag(results), config.analysis_set)
     if curves:
         plot_accuracy_curves(
             curves, output_dir / "accuracy_over_steps.png", f"ranking accuracy on {config.analysis_set} (recipe size)"
@@ -487,8 +446,23 @@ def write_report(
     if points:
         plot_gradient_weights(points, output_dir / "gradient_weights.png")
         figures.append("![gradient weight against score](gradient_weights.png)")
-    if figures:
-        lines += ["## Figures", "", *figures, ""]
+    return ["## Figures", "", *figures, ""] if figures else []
+
+
+def write_report(
+    config: CompareConfig, results: list[RunResult], base: dict, points, output_dir: Path, preamble: str = ""
+) -> Path:
+    """``report.md`` (and its figures) in ``output_dir``; ``preamble``: lines put under the title (how it was made)."""
+    sets = [s for s in SETS if any(s in r.accuracy for r in results)] or sorted(
+        {k for r in results for k in r.accuracy}
+    )
+    lines = ["# amapo compare", "", *([preamble, ""] if preamble else []), method_note(config), ""]
+    lines += measured_sections(config, results, base, sets)
+    if config.beta_sweep:
+        lines += sweep_section(config, results, output_dir, sets)
+    else:
+        lines += against_the_paper(config, results)
+    lines += figures_section(config, results, points, output_dir)
     path = output_dir / REPORT_FILE
     path.write_text("\n".join(lines))
     return path

@@ -26,12 +26,12 @@ from amapo.data import load_preference_dataset
 from amapo.data.sources import check_local_path, parse_named_set
 from amapo.errors import UserError
 from amapo.evaluation.analysis import accuracy_curves_from_metrics
-from amapo.evaluation.checks import check_data_path
 from amapo.evaluation.scoring import PairScores, compute_pair_logps, score_set, score_with_loss
 from amapo.evaluation.sets import LoadedSet, given_sets, load_set, token_limits
 from amapo.losses import build_loss
 from amapo.model.generate import generate_responses
 from amapo.model.loading import check_weights, load_model, load_tokenizer
+from amapo.option_checks import check_data_path
 from amapo.output_folder import check_no_previous_results, check_writable_folder
 from amapo.train.options import LOSS_OPTIONS
 from amapo.train.parsing import load_recipe, parse_train_args

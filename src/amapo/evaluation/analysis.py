@@ -14,7 +14,6 @@ from rich.console import Console
 
 from amapo.builtin import resolve_source
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_data_path, check_model_path
 from amapo.evaluation.options import AnalyzeConfig
 from amapo.evaluation.plots import plot_accuracy_curves, plot_gradient_weights
 from amapo.evaluation.run import (
@@ -38,6 +37,7 @@ from amapo.evaluation.sets import (
     token_limits,
 )
 from amapo.model.loading import load_tokenizer
+from amapo.option_checks import check_data_path, check_model_path
 from amapo.output_folder import check_no_previous_results, check_writable_folder, remove_previous_results
 from amapo.run_files import accuracy_by_set
 

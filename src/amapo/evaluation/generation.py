@@ -1,12 +1,11 @@
 """Export sampled answers for external judges: AlpacaEval's model-outputs format (``amapo eval --generate``), in the
-rows and the writer ``amapo generate`` uses."""
+rows and the writer ``amapo generate`` uses (``amapo.alpaca_eval_outputs``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from amapo.generation.answers import write_json_list
-from amapo.generation.formats import alpaca_eval_row
+from amapo.alpaca_eval_outputs import alpaca_eval_row, write_json_list
 
 
 def prompt_text(prompt) -> str:

@@ -7,29 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import yaml
-
 from amapo.attention_names import check_attn_implementation
+from amapo.builtin.recipe_options import BUILTIN_MODEL, builtin_model_options
 from amapo.data.sources import parse_named_set
 from amapo.data.truncation import TRUNCATION_MODES
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_method, check_number
+from amapo.option_checks import check_method, check_number
 from amapo.options_json import parse_json_mapping
-from amapo.recipes import recipe_path
 
-BUILTIN_MODEL = "builtin:tiny-llama"
-# What the built-in model brings to eval, analyze and generate, as it brings its options to `amapo train`: recipe
-# builtin's method (whose reward ranks pairs), beta, token limits and held-out sets. Its training data stays out.
-BUILTIN_MODEL_OPTIONS = ("model_name_or_path", "method", "beta", "max_length", "max_prompt_length", "eval_datasets")
 BUILTIN_ANALYSIS_SET = "in_distribution"  # as `amapo compare` analyzes the built-in task
-
-
-def builtin_model_options() -> dict:
-    """The options recipe ``builtin`` gives the built-in model (``BUILTIN_MODEL_OPTIONS``)."""
-    recipe = yaml.safe_load(recipe_path("builtin").read_text())
-    return {key: recipe[key] for key in BUILTIN_MODEL_OPTIONS if key in recipe}
-
-
 OVERWRITE_HELP = "Replace the results of an earlier run in output_dir (without it, such a folder is refused)."
 
 

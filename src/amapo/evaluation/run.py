@@ -13,13 +13,13 @@ from rich.table import Table
 
 from amapo.attention_names import check_attention_installed
 from amapo.builtin import is_builtin, resolve_source
+from amapo.builtin.recipe_options import BUILTIN_MODEL, builtin_model_options
 from amapo.builtin.task import true_reward
 from amapo.console import print_table
 from amapo.data.sources import looks_local
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_data_path, check_method, check_model_path
 from amapo.evaluation.generation import write_alpacaeval
-from amapo.evaluation.options import BUILTIN_MODEL, EvalConfig, builtin_model_options
+from amapo.evaluation.options import EvalConfig
 from amapo.evaluation.plots import plot_margin_histograms
 from amapo.evaluation.response_sets import RM_BENCH, RM_BENCH_DOMAINS, RM_BENCH_STYLES, ResponseSet
 from amapo.evaluation.scoring import PairScores, score_set
@@ -36,6 +36,7 @@ from amapo.evaluation.sets import (
 from amapo.losses import PreferenceLoss, build_loss, loss_spec
 from amapo.model.generate import generate_responses
 from amapo.model.loading import best_device, check_positions, check_weights, load_model, load_tokenizer
+from amapo.option_checks import check_data_path, check_method, check_model_path
 from amapo.output_folder import (
     check_no_previous_results,
     check_writable_folder,

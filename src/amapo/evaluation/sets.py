@@ -24,7 +24,6 @@ from amapo.data.loading import load_raw_dataset
 from amapo.data.sources import parse_named_set
 from amapo.data.tokenization import check_rendering
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_limits
 from amapo.evaluation.response_sets import (
     PAIRS,
     SET_FORMATS,
@@ -34,6 +33,7 @@ from amapo.evaluation.response_sets import (
     response_pairs,
     source_error,
 )
+from amapo.option_checks import check_limits
 from amapo.options_json import parse_json_mapping
 from amapo.run_files import CONFIG_FILE
 

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from amapo.alpaca_eval_outputs import write_json_list
 from amapo.errors import UserError
-from amapo.files import write_atomically
 from amapo.generation.questions import Schema
 
 
@@ -95,10 +95,3 @@ class AnswerFile:
                 f.flush()
                 os.fsync(f.fileno())
         self.keys.update(row[self.schema.key_field] for row in rows)
-
-
-def write_json_list(path: Path, rows: list[dict]) -> None:
-    """A JSON list answer file (AlpacaEval's model outputs), written whole: ``amapo generate`` and
-    ``amapo eval --generate`` both write theirs here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")

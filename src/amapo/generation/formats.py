@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from amapo.alpaca_eval_outputs import alpaca_eval_row
 from amapo.generation.questions import Question
 
 # shortuuid's default alphabet: FastChat and arena-hard name each answer with a shortuuid.uuid() (22 characters);
@@ -63,12 +64,6 @@ def markdown_counts(text: str) -> dict[str, dict[str, int]]:
 
 def style_metadata(answer: str, count_tokens: Callable[[str], int]) -> dict:
     return {"token_len": count_tokens(answer), **markdown_counts(answer)}
-
-
-def alpaca_eval_row(instruction: str, output: str, generator: str, dataset: str | None = None) -> dict:
-    """One AlpacaEval model output: ``dataset`` (when known), ``instruction``, ``output``, ``generator``."""
-    row = {} if dataset is None else {"dataset": dataset}
-    return {**row, "instruction": instruction, "output": output, "generator": generator}
 
 
 def answer_row(

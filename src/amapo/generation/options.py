@@ -9,9 +9,9 @@ from pathlib import Path
 
 from amapo.data.chat import is_jinja_text
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_number
 from amapo.generation.questions import BENCHMARKS
-from amapo.onpolicy.sampling import DECODINGS
+from amapo.model.decodings import DECODINGS
+from amapo.option_checks import check_number
 
 
 @dataclass
@@ -79,8 +79,9 @@ class GenerateConfig:
     seed: int = field(
         default=0,
         metadata={
-            "help": "Question i samples with its own generator seeded seed + i, so a resumed run answers as "
-            "an uninterrupted one."
+            "help": "Each token of question i (its 0-based row in the file) is drawn with a number that depends "
+            "on seed + i, the turn and the token's position alone (a counter-based hash), so an answer does not "
+            "depend on the batch, and a resumed run answers as an uninterrupted one."
         },
     )
     max_questions: int | None = field(

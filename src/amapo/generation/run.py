@@ -16,11 +16,10 @@ from pathlib import Path
 from rich.console import Console
 
 from amapo.builtin import is_builtin, resolve_source
+from amapo.builtin.recipe_options import BUILTIN_MODEL, builtin_model_options
 from amapo.console import progress_bar
 from amapo.data.chat import read_chat_template
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_model_path
-from amapo.evaluation.options import BUILTIN_MODEL, builtin_model_options
 from amapo.generation.answers import AnswerFile
 from amapo.generation.formats import answer_row
 from amapo.generation.judges import judge_steps
@@ -39,6 +38,7 @@ from amapo.generation.settings import (
     write_settings,
 )
 from amapo.model.loading import check_weights
+from amapo.option_checks import check_model_path
 from amapo.output_folder import check_writable_folder
 from amapo.seeds import SAMPLER
 
@@ -169,7 +169,9 @@ def run_info(config: GenerateConfig, questions: QuestionSet, model, stop_ids: li
     from amapo import __version__
 
     info = {
-        "seeding": "question i samples with its own torch.Generator seeded seed + i (i: its 0-based row in the file)",
+        "seeding": "token k of turn t of question i (its 0-based row in the file) is drawn with the uniform number "
+        "uniforms(stream_seed('amapo-generate', seed + i, t), k) of amapo.model.generate (CounterSampler): a hash "
+        "of those alone, not of the batch or the device",
         "stop_token_ids": stop_ids,
         "token_len": "counted with the model's tokenizer" if questions.schema.benchmark == "arena-hard" else None,
         "questions": str(questions.path.resolve()),

@@ -6,4 +6,5 @@
 ``loading``   one way to load a model (safetensors only) and its tokenizer
 ``wrappers``  the transformers model inside DDP / FSDP / DeepSpeed / PEFT wrappers
 ``generate``  batched answers with one random stream per prompt (``amapo eval``, ``compare``, ``generate``)
+``decodings`` the names of ``generate``'s decoding modes, torch-free (for the commands' option checks)
 """

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from amapo.model.decodings import DECODINGS
 from amapo.seeds import stream_seed
 
 # FastChat's gen_model_answer.py (lm-sys/FastChat, fastchat/llm_judge) decodes greedily below this temperature.
@@ -114,9 +115,6 @@ def draw(scores: torch.Tensor, temperatures: torch.Tensor, top_p: float, uniform
     position = (cumulative <= target).sum(dim=-1).clamp_(max=sorted_p.shape[-1] - 1)
     sampled = order.gather(-1, position[:, None]).squeeze(-1)
     return torch.where(greedy, scores.argmax(dim=-1), sampled)
-
-
-DECODINGS = ("auto", "static", "dynamic")  # (also in amapo.onpolicy.sampling, which must not import torch)
 
 
 def cache_options(decoding: str, device) -> dict:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from amapo.builtin import is_builtin, resolve_source
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_number
+from amapo.model.decodings import DECODINGS
 from amapo.onpolicy.prompts import PROMPT_FORMATS
-from amapo.onpolicy.sampling import DECODINGS, ENGINES
+from amapo.onpolicy.sampling import ENGINES
+from amapo.option_checks import check_number
 
 if TYPE_CHECKING:
     from amapo.onpolicy.rewards import RewardSpec

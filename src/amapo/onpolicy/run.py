@@ -28,7 +28,6 @@ from rich.console import Console
 from amapo.builtin import is_builtin, resolve_source
 from amapo.console import progress_bar
 from amapo.errors import UserError
-from amapo.evaluation.checks import check_model_path
 from amapo.files import write_atomically
 from amapo.onpolicy.options import MakePairsConfig
 from amapo.onpolicy.prompts import PromptSet, read_prompts
@@ -43,6 +42,7 @@ from amapo.onpolicy.sampling import (
 )
 from amapo.onpolicy.selection import is_valid_text, select_pairs
 from amapo.onpolicy.shards import SAMPLES, SCORED, ShardStore
+from amapo.option_checks import check_model_path
 from amapo.output_folder import check_writable_folder
 from amapo.seeds import SAMPLER
 

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from amapo.onpolicy.shards import ShardStore
 
 ENGINES = ("auto", "transformers", "vllm")
-DECODINGS = ("auto", "static", "dynamic")  # amapo.model.generate.cache_options
 
 
 @dataclass(frozen=True)
