@@ -36,11 +36,11 @@ def return_freed_tensors_to_the_system() -> int | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, gnu_version = libc.mallopt, libc.gnu_get_libc_version  # glibc only
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    del gnu_version
-    if mallopt(M_MMAP_THRESHOLD, threshold) != 1:
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt numbers mean something else
+        return None
+    if libc.mallopt(M_MMAP_THRESHOLD, threshold) != 1:
         return None
     logger.info("CPU: tensors of %d bytes or more are mapped from the system and returned to it when freed", threshold)
     return threshold
