@@ -496,6 +496,7 @@ def plot(report: dict, path: Path) -> None:
             ax.plot(xs, [predict(fit, x) / GB for x in xs], "--", color=color, lw=1)
     ax.axhline(cap, color="red", lw=1, ls=":", label=f"cap {cap:.3g} GiB")
     ax.set_xscale("log", base=2)
+    ax.set_xlim(min(measured) / 1.5, max(measured) * 1.5)  # also where no point ran (a log axis has no default)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.set_ylim(bottom=0)
     ax.set_xlabel("pair length (words of prompt + response)")

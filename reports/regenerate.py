@@ -1,11 +1,13 @@
 """Regenerate every committed number that comes from running amapo: the comparison reports in ``reports/`` and the
-README's default-run table, with the command, the commit and the numerics that made them (``provenance.json``); and
-the speed-and-memory headline of README.md and docs/speed-and-memory.md, from the committed benchmark results
-(``benchmarks/headline.py``).
+README's default-run table, with the command, the commit and the numerics that made them (``provenance.json``); the
+speed-and-memory headline of README.md and docs/speed-and-memory.md, from the committed benchmark results
+(``benchmarks/headline.py``); and every measured number the pages mark with ``<!-- from: FILE; KEY -->``, from the
+file it names (``benchmarks/doc_numbers.py``).
 
     python reports/regenerate.py                       # everything (about 16 min on the project's 2-core machine)
     python reports/regenerate.py --only default-run    # or the name of one report (COMPARES)
     python reports/regenerate.py --only headline       # the speed headline only: reads JSON, trains nothing
+    python reports/regenerate.py --only doc-numbers    # the pages' marked numbers only: reads JSON, trains nothing
 
 Every command runs under ``amapo.compare.reproduce.NUMERICS_ENV``, so that ``tests/test_reports_stay_true.py`` can
 rerun a piece and get the same numbers on any machine with the same fingerprint. Commit the code first: the
@@ -52,12 +54,22 @@ COMPARES = {
 TABLE_START, TABLE_END = "<!-- default-run: written by reports/regenerate.py -->", "<!-- /default-run -->"
 
 
-def benchmarks_headline():
-    """``benchmarks/headline.py`` (the benchmarks folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("headline", ROOT / "benchmarks" / "headline.py")
+def benchmarks_script(name: str):
+    """``benchmarks/NAME.py`` (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def benchmarks_headline():
+    """``benchmarks/headline.py``."""
+    return benchmarks_script("headline")
+
+
+def write_doc_numbers() -> list[str]:
+    """Rerender every ``<!-- from: ... -->`` region of the pages (``benchmarks/doc_numbers.py``); the pages changed."""
+    return benchmarks_script("doc_numbers").write()
 
 
 def git(*args: str) -> str:
@@ -127,11 +139,16 @@ def compare_report(name: str, options: list[str], commit: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["default-run", "headline", *COMPARES], help="Regenerate one piece only.")
+    parser.add_argument("--only", choices=["default-run", "headline", "doc-numbers", *COMPARES],
+                        help="Regenerate one piece only.")  # fmt: skip
     args = parser.parse_args()
     if args.only == "headline":  # from committed files: no run, so neither numerics nor provenance matter
         pages = benchmarks_headline().write()
         print(f"wrote the speed headline in {', '.join(pages)}", file=sys.stderr)
+        return
+    if args.only == "doc-numbers":  # the same: from committed files
+        pages = write_doc_numbers()
+        print(f"rewrote the marked numbers of {', '.join(pages) or 'no page (all were current)'}", file=sys.stderr)
         return
     path = REPORTS / PROVENANCE_FILE
     provenance = read_provenance(REPORTS) if path.exists() else {"reports": {}}
@@ -164,7 +181,9 @@ def main() -> None:
     wrote = f"wrote {path}, README.md's default-run table and {', '.join(provenance['reports'])}"
     if args.only is None:
         benchmarks_headline().write()
-        wrote += ", and the speed headline of README.md and docs/speed-and-memory.md"
+        wrote += ", the speed headline of README.md and docs/speed-and-memory.md"
+    changed = write_doc_numbers()  # provenance.json and the reports' runs.json feed some of them
+    wrote += f", and the marked numbers of {', '.join(changed) or 'no page (all were current)'}"
     print(wrote, file=sys.stderr)
 
 

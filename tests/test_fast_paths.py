@@ -51,7 +51,8 @@ def test_flex_attention_takes_the_shared_prompt_layout_without_a_dense_mask():
 
     batch = PreferenceCollator(0, layout="shared_prompt")(random_pairs(3, seed=2))
     assert isinstance(model_inputs(batch, torch.float32, "flex_attention")["attention_mask"], BlockMask)
-    assert model_inputs(batch, torch.float32, "sdpa")["attention_mask"].dim() == 4  # the dense one, as before
+    assert model_inputs(batch, torch.float32, "eager")["attention_mask"].shape[-2:] == batch["input_ids"].shape[-1:] * 2
+    assert model_inputs(batch, torch.float32, "sdpa")["attention_mask"].shape[-1] == 0  # none (sequence_rows)
     assert layout_for("auto", "flex_attention", None, 1024) == "shared_prompt"
     assert layout_for("shared_prompt", "flex_attention", None, 1024) == "shared_prompt"
     assert layout_for("packed", "flex_attention", None, 1024) == "packed"

@@ -1,11 +1,11 @@
 """Memory linear in pair length on eager / sdpa (issue 35, item 1).
 
-* ``--batch_layout auto`` weighs, per batch, the shared-prompt layout's dense [B, 1, T, T] mask against the prompt
-  activations it saves (``DenseMaskCost``) and takes padded rows where the mask costs more, saying so once;
-* ``shared_prompt`` asked for at such lengths warns once;
-* packed rows on sdpa are as wide as the longest sequence, with one block-diagonal mask, and give padded's
-  log-probs and gradients; padded rows on sdpa need no mask;
-* no tensor of rows x T x T elements is made in a training step on sdpa where auto, padded or packed run.
+* on eager, ``--batch_layout auto`` weighs, per batch, the shared-prompt layout's dense [B, 1, T, T] mask against
+  the prompt activations it saves (``DenseMaskCost``) and takes padded rows where the mask costs more, saying so
+  once; ``shared_prompt`` asked for at such lengths warns once;
+* on sdpa no layout needs a mask (``amapo.model.sequence_rows``): auto is the shared prompt at any length; packed
+  rows are as wide as the longest sequence and give padded's log-probs and gradients;
+* no tensor of rows x T x T elements is made in a training step on sdpa, in any layout.
 """
 
 from __future__ import annotations
@@ -53,15 +53,15 @@ def unsaid():
 
 
 def test_auto_picks_per_batch_by_cost_and_says_so_once(capsys):
-    choice = LayoutChoice(DenseMaskCost.of(TINY, "sdpa", torch.float32), "auto", "sdpa")
+    choice = LayoutChoice(DenseMaskCost.of(TINY, "eager", torch.float32), "auto", "eager")
     assert [choice(SHORT), choice(SHORT), choice(LONG), choice(SHORT), choice(LONG)] == [
         "shared_prompt", "shared_prompt", "padded", "shared_prompt", "padded",
     ]  # fmt: skip
-    again = LayoutChoice(DenseMaskCost.of(TINY, "sdpa", torch.float32), "auto", "sdpa")  # e.g. the next eval set
+    again = LayoutChoice(DenseMaskCost.of(TINY, "eager", torch.float32), "auto", "eager")  # e.g. the next eval set
     assert again(LONG) == "padded"
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines  # at the first switch, and never again in this process
-    assert lines[0].startswith("amapo: batch layout auto on sdpa: padded from this batch on")
+    assert lines[0].startswith("amapo: batch layout auto on eager: padded from this batch on")
     assert "(4 pairs, shared-prompt rows of 2100 tokens" in lines[0] and "[4, 1, 2100, 2100] mask" in lines[0]
     # without gradients activations are not kept across layers: the mask outweighs them sooner
     assert LayoutChoice(DenseMaskCost.of(TINY, "sdpa"), announce=False)([(200, 200, 200)]) == "shared_prompt"
@@ -69,10 +69,14 @@ def test_auto_picks_per_batch_by_cost_and_says_so_once(capsys):
 
 
 def test_collator_lays_out_each_batch_as_chosen():
-    options = collator_options(layout_for("auto", "sdpa", None, 4096), "sdpa", DenseMaskCost.of(TINY, "sdpa"))
+    options = collator_options(layout_for("auto", "eager", None, 4096), "eager", DenseMaskCost.of(TINY, "eager"))
     collate = PreferenceCollator(0, **options)
     assert "segment_ids" in collate(pairs(SHORT)) and "attention_mask" in collate(pairs(LONG))
-    assert layout_for("auto", "eager", None, 4096) == "auto" and layout_for("auto", None, None, 4096) == "auto"
+    assert layout_for("auto", "eager", None, 4096) == "auto"
+    # sdpa needs no mask for a shared prompt (amapo.model.sequence_rows): shared at any length
+    assert layout_for("auto", "sdpa", None, 4096) == "shared_prompt" == layout_for("auto", None, None, 4096)
+    sdpa = PreferenceCollator(0, **collator_options("shared_prompt", "sdpa", DenseMaskCost.of(TINY, "sdpa")))
+    assert "segment_ids" in sdpa(pairs(LONG))
     assert layout_for("auto", "flex_attention", None, 4096) == "shared_prompt"  # a BlockMask: any length
     assert layout_for("auto", "flash_attention_2", None, 4096) == "packed"
     assert collator_options("auto", "flex_attention", DenseMaskCost.of(TINY, "flex_attention")) == {
@@ -83,14 +87,14 @@ def test_collator_lays_out_each_batch_as_chosen():
 
 
 def test_explicit_shared_prompt_warns_once_where_its_mask_costs_more(caplog):
-    choice = LayoutChoice(DenseMaskCost.of(TINY, "sdpa", torch.float32), "shared_prompt", "sdpa")
+    choice = LayoutChoice(DenseMaskCost.of(TINY, "eager", torch.float32), "shared_prompt", "eager")
     with caplog.at_level(logging.WARNING, logger="amapo.model.layouts"):
         assert choice(SHORT) == "shared_prompt" and not caplog.records
         assert {choice(LONG), choice(LONG), choice(SHORT)} == {"shared_prompt"}
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
-    assert message.startswith("batch_layout=shared_prompt on sdpa costs more memory than padded rows")
-    assert "--batch_layout auto takes padded" in message and "flex_attention or flash_attention_2" in message
+    assert message.startswith("batch_layout=shared_prompt on eager costs more memory than padded rows")
+    assert "--batch_layout auto takes padded" in message and "sdpa, flex_attention or flash_attention_2" in message
 
 
 def pairs(lengths, seed: int = 0) -> list[dict]:
@@ -133,11 +137,12 @@ def test_packed_rows_of_the_longest_give_padded_logps_and_grads(attention):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["padded", "auto", "packed"])
+@pytest.mark.parametrize("layout", ["padded", "auto", "shared_prompt", "packed"])
 def test_no_rows_by_length_squared_tensor_in_a_step_on_sdpa(layout):
     """At 2 pairs of 900 tokens a row's T x T (810k elements per row) dwarfs the activations (T x 64 per row): no
-    tensor of that size exists in a training step of auto (padded here), padded or packed rows on sdpa. Before: the
-    padded rows' [4, 1, 820, 820] bool mask and its float copy in every layer; packed, one [1, 1, 3440, 3440]."""
+    tensor of that size exists in a training step of any layout on sdpa (auto: the shared prompt). Before: the
+    padded rows' [4, 1, 820, 820] bool mask and its float copy in every layer; packed rows one [rows, 1, T, T]
+    block-diagonal mask; shared-prompt rows a [2, 1, 1520, 1520] one (``amapo.model.sequence_rows``)."""
     lengths = [(100, 720, 700), (80, 700, 660)]
     model = tiny_model("sdpa").train()
     options = collator_options(layout_for(layout, "sdpa", None, 4096), "sdpa", DenseMaskCost.of(model.config, "sdpa"))
@@ -145,8 +150,5 @@ def test_no_rows_by_length_squared_tensor_in_a_step_on_sdpa(layout):
     rows, width = batch["input_ids"].shape
     with LargestTensor() as largest:
         logps_and_grads(model, batch)
-    if layout == "packed":  # rows as wide as the longest sequence: one block-diagonal mask of rows x T x T
-        assert largest.numel <= rows * width * width < (width * rows) ** 2 / 2, largest.shape
-    else:
-        assert "segment_ids" not in batch  # auto: padded at this length
-        assert largest.numel < rows * width * width / 8, largest.shape
+    assert ("segment_ids" in batch) == (layout in ("auto", "shared_prompt"))
+    assert largest.numel < rows * width * width / 8, largest.shape

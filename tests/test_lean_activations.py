@@ -1,6 +1,7 @@
 """``--lean_activations`` (amapo.model.lean_activations): the same forward bit for bit, the same gradients up to
 float rounding, and fewer bytes kept for backward."""
 
+import contextlib
 import logging
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from amapo.model.lean_activations import apply_lean_activations
+from amapo.model.lean_activations import RecomputedActivations, apply_lean_activations, recomputable
 
 
 def tiny_llama(dtype=torch.float32, hidden=64, intermediate=172, layers=2):
@@ -66,18 +67,32 @@ def test_the_mlp_gradients_are_autograds_bit_for_bit(dtype):
         assert torch.equal(before, after)
 
 
-def saved_bytes(model, ids) -> int:
+def saved_bytes(model, ids, recompute: bool = False) -> int:
+    """Bytes of the distinct storages kept for backward by a forward of ``model``'s decoder (with the recomputed
+    activations: what ``RecomputedActivations`` keeps, its recipes' inputs being kept anyway)."""
     seen, total = set(), 0
 
-    def pack(t):
+    def count(t):
         nonlocal total
         key = t.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)
             total += t.untyped_storage().nbytes()
+
+    class Counted(RecomputedActivations):
+        @classmethod
+        def pack(cls, t):
+            packed = super().pack(t)
+            if isinstance(packed, torch.Tensor):
+                count(packed)
+            return packed
+
+    def pack(t):
+        count(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    hooks = Counted() if recompute else torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with hooks:
         model.model(input_ids=ids)
     return total
 
@@ -120,3 +135,41 @@ def test_unknown_modules_are_left_alone():
     model = nn.Sequential(nn.Linear(4, 4), nn.SiLU(), nn.LayerNorm(4))
     assert apply_lean_activations(model) == {}
     assert all("forward" not in vars(m) for m in model)
+
+
+def test_recomputed_norm_outputs_and_product_are_not_kept_and_give_the_same_gradients_bit_for_bit():
+    """Under ``RecomputedActivations`` the linears' inputs that are a lean norm's output or the SwiGLU product are
+    rebuilt in backward: per token and layer 2 x hidden + intermediate elements fewer again, and the gradients are
+    the very bits of the lean modules without it (the same ops recompute the same values)."""
+    hidden, intermediate, layers, tokens = 64, 172, 2, 2 * 128
+    ids = torch.randint(0, 97, (2, 128), generator=torch.Generator().manual_seed(2))
+    model = tiny_llama(hidden=hidden, intermediate=intermediate, layers=layers)
+    apply_lean_activations(model)
+    lean = saved_bytes(model, ids)
+    recomputed = saved_bytes(model, ids, recompute=True)
+    assert lean - recomputed == pytest.approx((2 * hidden + intermediate) * 4 * tokens * layers, rel=0.01)
+    assert not RecomputedActivations._recipes  # nothing outlives the forward
+
+    def grads(recompute: bool):
+        model.zero_grad()
+        with RecomputedActivations() if recompute else contextlib.nullcontext():
+            hidden_states = model.model(input_ids=ids).last_hidden_state
+        (hidden_states.float() ** 2).mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for plain, rebuilt in zip(grads(False), grads(True), strict=True):
+        assert torch.equal(plain, rebuilt)
+
+
+def test_a_registered_output_changed_in_place_is_kept_not_recomputed():
+    """The recipe holds only while the output is what it computed: after an in-place change (its version moved)
+    the saved tensor is the changed one."""
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(8, 3, requires_grad=True)
+    with RecomputedActivations():
+        out = x * 2
+        recomputable(out, lambda t: t * 2, x)
+        out.add_(1)
+        y = out @ w
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, (x.detach() * 2 + 1).sum(0)[:, None].expand(8, 3))

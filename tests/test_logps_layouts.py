@@ -244,7 +244,8 @@ def test_packed_row_has_no_padding_and_restarts_positions():
 
 def test_row_lengths_and_layout_choice():
     assert [row_length(k, 10, 4, 6) for k in ("padded", "shared_prompt", "packed")] == [16, 20, 30]
-    assert layout_for("auto", None, None, 1024) == "auto"  # per batch: shared_prompt or padded (test_layout_memory)
+    assert layout_for("auto", "eager", None, 1024) == "auto"  # per batch: shared_prompt or padded (test_layout_memory)
+    assert layout_for("auto", None, None, 1024) == "shared_prompt"  # sdpa: no mask (amapo.model.sequence_rows)
     assert layout_for("auto", "eager", None, 1024) == "auto"
     assert layout_for("auto", "flash_attention_2", None, 1024) == "packed"
     assert layout_for("auto", "sdpa", 512, 1024) == "padded"  # a sliding window the custom mask would ignore

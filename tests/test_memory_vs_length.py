@@ -200,3 +200,14 @@ def test_the_script_sweeps_fits_plots_then_reuses_the_sweep_at_a_lower_cap_and_b
     assert f"384 {'fits' if fits else 'no'}; stopped: bracket within 50%" in table
     assert "goal: amapo-amapo's peak at 2,048 words per pair <= 0.5x trl-dpo's: not measured" in stdout
     assert math.isclose(report["cap_bytes"], cap, rel_tol=1e-6)
+
+
+def test_the_plot_is_drawn_where_no_point_ran(tmp_path):
+    """A run whose only worker failed (here: timed out) still writes its plot (it crashed on the empty log axis)."""
+    report = {
+        "cap_bytes": 16 * 2**30, "settings": {"device": "cpu"}, "fits": {},
+        "points": {"amapo-amapo": {"16384": {"length": 16384, "kind": "sweep", "ok": False, "fits": None,
+                                             "error": "timed out after 3600 s"}}},
+    }  # fmt: skip
+    mvl.plot(report, tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 0

@@ -29,6 +29,7 @@ from test_sharded_training import TESTS, TRAIN, accelerate_launch, train_logs
 
 from amapo.data.collator import PreferenceCollator
 from amapo.errors import UserError
+from amapo.model.layouts import model_inputs
 from amapo.model.logps import REFERENCE_COLUMNS
 from amapo.train import sequence_parallel as sp
 from amapo.train.parsing import parse_train_args
@@ -111,6 +112,8 @@ def test_each_rank_reads_its_slice_of_the_response_table(size):
         seen += list(zip(*table, strict=True))
         for column in ("response_lengths", *REFERENCE_COLUMNS):
             torch.testing.assert_close(local[column], whole[column])
+        for attention in ("sdpa", "flex_attention", "flash_attention_2"):  # Ulysses drops masks: none is built
+            assert model_inputs(local, torch.float32, attention)["attention_mask"] is None
     want = list(zip(*(whole[k].tolist() for k in ("target_positions", "target_ids", "target_owner")), strict=True))
     assert sorted(seen) == sorted(want)
 

@@ -24,6 +24,9 @@ transformers' documented API does not cover everything a preference trainer need
   data-loader adapter (``amapo.train.sequence_parallel.skip_resumed_batches_of_adapters``).
 * the attention names of ``ALL_ATTENTION_FUNCTIONS``, copied as ``amapo.attention_names.ATTENTION_IMPLEMENTATIONS``
   so that ``--attn_implementation`` is checked without importing transformers.
+* ``AttentionInterface.register("sdpa", ...)``: amapo wraps transformers' sdpa attention function once
+  (``amapo.model.sequence_rows``), relying on a model's forward keywords reaching the attention function of every
+  layer and on a 4D attention mask being passed on as given.
 * the patched forward (``amapo.model.logps``) uses ``model.base_model(...).last_hidden_state``,
   ``get_output_embeddings()`` and ``config.get_text_config()``; it checks its own numbers on the first batch.
 

@@ -40,7 +40,7 @@ class PreferenceCollator:
       that masks densely (eager, sdpa) gets rows x longest^2, not (all tokens)^2.
 
     ``choose_layout``: called with the batch's (prompt, chosen, rejected) token counts, it names the layout of
-    this batch (``amapo.model.layouts.LayoutChoice``: shared_prompt or padded by their memory on eager / sdpa);
+    this batch (``amapo.model.layouts.LayoutChoice``: shared_prompt or padded by their memory on eager);
     ``layout="auto"`` needs it. The model side reads the layout off the batch's keys.
 
     The pad id only fills positions that no mask lets through; any id the embedding accepts would do.
@@ -213,7 +213,6 @@ def packed_rows_of_longest(pairs, pad_token_id: int) -> dict[str, torch.Tensor]:
             base = index * width + start
             table.add(owner, range(base + p - 1, base + p + len(response) - 1), response)
             start = end
-        position_ids[index, start:] = torch.arange(width - start)  # the padding: a sequence of its own
     return {"input_ids": input_ids, "position_ids": position_ids, **table.tensors()}
 
 

@@ -4,11 +4,13 @@ The collator (``amapo.data.collator``) builds three layouts of the same pairs: `
 ``shared_prompt`` (prompt + chosen + rejected in one row, the rejected tokens masked off the chosen ones) and
 ``packed`` (sequences back to back, boundaries in the position ids).
 
-Memory: an attention that takes a custom mask only as a dense tensor (eager, sdpa: ``DENSE_MASK_ATTENTIONS``) costs
-a shared-prompt batch a [B, 1, T, T] mask, which grows with the square of the row while the prompt activations it
-saves grow linearly; there ``auto`` weighs the two per batch (``DenseMaskCost``, ``LayoutChoice``). Padded rows on
-sdpa need no mask at all (right padding: causality hides every pad from every real token), and packed rows there are
-as wide as the longest sequence, never the whole batch, with one block-diagonal mask shared by all layers.
+Memory: no layout builds a [rows, T, T] tensor on sdpa. Padded rows need no mask (right padding: causality hides
+every pad from every real token); shared-prompt and packed rows have their attention computed one sequence per row
+(``amapo.model.sequence_rows``), so they need none either. Eager takes a custom mask only as a dense tensor
+(``DENSE_MASK_ATTENTIONS``) and computes a [rows, heads, T, T] score matrix anyway: there a shared-prompt batch costs
+a [B, 1, T, T] mask, which grows with the square of the row while the prompt activations it saves grow linearly, and
+``auto`` weighs the two per batch (``DenseMaskCost``, ``LayoutChoice``); packed rows there are as wide as the longest
+sequence, never the whole batch, with one block-diagonal mask shared by all layers.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from typing import ClassVar
 import torch
 
 from amapo.hf_internals import attention_implementation
+from amapo.model import sequence_rows
 from amapo.model.wrappers import causal_lm_of
 
-# Attentions that take amapo's own mask for a shared-prompt row: eager and sdpa a dense additive [B, 1, T, T] one,
-# flex_attention a BlockMask (FlexAttention skips the masked blocks: no dense mask, a flash-class kernel).
+# Attentions that compute a shared-prompt row exactly: eager with a dense additive [B, 1, T, T] mask, sdpa one
+# sequence per row (``sequence_rows``: no mask), flex_attention with a BlockMask (FlexAttention skips the masked
+# blocks: no dense mask, a flash-class kernel).
 MASKED_ATTENTIONS = ("eager", "sdpa", "flex_attention")
 # Attentions that take a custom mask only as a dense [rows, 1, T, T] tensor: the layout is chosen per batch there.
-DENSE_MASK_ATTENTIONS = ("eager", "sdpa")
+DENSE_MASK_ATTENTIONS = ("eager",)
 logger = logging.getLogger(__name__)
 
 
@@ -39,8 +43,9 @@ def layout_for(requested: str, attention: str | None, sliding_window: int | None
     shared_prompt needs an attention that takes amapo's mask (``MASKED_ATTENTIONS``) and no sliding window shorter
     than a sequence (the custom mask replaces the window); packed reads sequence boundaries from the position ids
     (flash-attention's varlen kernels, FlexAttention's document mask; on eager and sdpa rows as wide as the longest
-    sequence, ``collator_options``); padded works everywhere. ``auto`` on eager or sdpa answers ``auto``: shared_prompt
-    or padded, whichever costs less memory for each batch's lengths (``LayoutChoice``).
+    sequence, ``collator_options``); padded works everywhere. ``auto`` on eager answers ``auto``: shared_prompt or
+    padded, whichever costs less memory for each batch's lengths (``LayoutChoice``); on sdpa the shared prompt,
+    which needs no mask there (``sequence_rows``).
     """
     attention = attention or "sdpa"
     masked = attention in MASKED_ATTENTIONS
@@ -75,7 +80,7 @@ def layout_of_model(requested: str, model: torch.nn.Module) -> str:
 def collator_options(layout: str, attention: str | None, cost: DenseMaskCost | None = None, announce: bool = True):
     """The collator's layout arguments (``PreferenceCollator``) for ``layout``, ``layout_for``'s answer.
 
-    On eager / sdpa, ``auto`` and an explicit ``shared_prompt`` are weighed per batch by ``cost``
+    On eager, ``auto`` and an explicit ``shared_prompt`` are weighed per batch by ``cost``
     (``LayoutChoice``; without a cost ``auto`` is shared_prompt); packed rows are as wide as the batch's longest
     sequence there (one row of all sequences on flash-attention, whose varlen kernels take one row, and on
     FlexAttention). ``announce``: say what auto chose (the main process).
@@ -100,7 +105,7 @@ def _element_size(dtype) -> int:
 @dataclass(frozen=True)
 class DenseMaskCost:
     """Bytes a batch costs in the padded or the shared-prompt layout on an attention that takes a custom mask only
-    as a dense tensor (eager, sdpa)::
+    as a dense tensor (eager; sdpa needs none, ``sequence_rows``)::
 
         bytes(layout) = rows x T x token_bytes + rows x T^2 x square_bytes(layout)
 
@@ -114,8 +119,10 @@ class DenseMaskCost:
     tensors (two norms' inputs and outputs, q, k, v, rotated q and k, the attention output) and four
     intermediate-sized ones (gate, up, act(gate), their product). For the benchmark's model (hidden 256, MLP 688) that
     is 20.75; summing the storages ``saved_tensors_hooks`` sees in a training forward gives 21.4 there. With ``lean``
-    activations (``amapo.model.lean_activations``: the norms keep their input only, act(gate) is recomputed) factor =
-    8 + 3 x intermediate / hidden (16.06 there; the hooks see 17.9, against 22.8 without, same count).
+    activations (``amapo.model.lean_activations``: the norms keep their input only, act(gate) is recomputed, and
+    the norms' outputs and the SwiGLU product the next linears would keep are rebuilt in backward) factor =
+    6 + 2 x intermediate / hidden (11.4 there; the hooks see 14.7 per token at 2 rows of 512 tokens, against 19.4
+    for the lean modules without the rebuilt outputs and 24.4 for none).
 
     ``square_bytes``, per element of a row's T x T: shared_prompt has amapo's additive mask, e bytes, one tensor
     read by every layer (built a row at a time: about 10 x T^2 bytes of temporaries, measured, left out); padded has
@@ -146,7 +153,7 @@ class DenseMaskCost:
         hidden, layers = text.hidden_size, text.num_hidden_layers
         intermediate = getattr(text, "intermediate_size", None)
         if lean:
-            factor = 8 + 3 * intermediate / hidden if intermediate else 16.0
+            factor = 6 + 2 * intermediate / hidden if intermediate else 11.0
         else:
             factor = 10 + 4 * intermediate / hidden if intermediate else 21.0
         e = _element_size(dtype if dtype not in (None, "auto") else getattr(text, "dtype", None))
@@ -170,7 +177,7 @@ class DenseMaskCost:
 
 
 class LayoutChoice:
-    """The layout of each batch on eager / sdpa (the collator's ``choose_layout``).
+    """The layout of each batch on eager (the collator's ``choose_layout``).
 
     ``auto``: shared_prompt or padded, whichever ``cost`` says takes less memory at the batch's lengths; the first
     batch that takes padded says so and why, once per process and cost (not again at each switch, nor for each set
@@ -198,8 +205,8 @@ class LayoutChoice:
             if self.requested == "shared_prompt":
                 logger.warning(
                     "batch_layout=shared_prompt on %s costs more memory than padded rows at this batch's lengths "
-                    "(%s): --batch_layout auto takes padded for such batches; flex_attention or flash_attention_2 "
-                    "share the prompt without a dense mask",
+                    "(%s): --batch_layout auto takes padded for such batches; sdpa, flex_attention or "
+                    "flash_attention_2 share the prompt without a dense mask",
                     self.attention,
                     why,
                 )
@@ -220,11 +227,22 @@ def model_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype, attention: 
 
     Padded rows on sdpa get no mask: they are right-padded, so causality alone keeps every pad from every real token
     (a pad's own output is never read), and transformers would otherwise build a [rows, 1, T, T] bool mask that
-    sdpa turns into the model's dtype and saves in every layer. Packed rows on eager / sdpa get one additive
-    block-diagonal mask shared by all layers (``packed_mask``), not transformers' per-layer copies.
+    sdpa turns into the model's dtype and saves in every layer. Shared-prompt and packed rows on sdpa get none
+    either: their attention runs one sequence per row (``sequence_rows``, the ``amapo_sequence_rows`` keyword).
+    Packed rows on eager get one additive block-diagonal mask shared by all layers (``packed_mask``), not
+    transformers' per-layer copies.
     """
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    if "segment_ids" in batch:
+    if attention == "sdpa" and "attention_mask" not in batch:  # shared prompt or packed
+        sequence_rows.install()
+        segments = batch.get("segment_ids")
+        if segments is not None:
+            rows = sequence_rows.SequenceRows.of_shared_prompt(segments)
+        else:
+            rows = sequence_rows.SequenceRows.of_packed(batch["position_ids"])
+        inputs["attention_mask"] = sequence_rows.placeholder_mask(rows, len(batch["input_ids"]))
+        inputs[sequence_rows.KEYWORD] = rows
+    elif "segment_ids" in batch:
         if attention == "flex_attention":
             inputs["attention_mask"] = shared_prompt_block_mask(batch["segment_ids"])
         else:

@@ -7,7 +7,10 @@ keep only x and rstd, and gate and up, recomputing the rest in backward; they ar
 functions here do the same in PyTorch ops, so every device gets it: per token and layer, one hidden-sized tensor
 less per norm and one intermediate-sized one less in the MLP (the storages ``saved_tensors_hooks`` sees in a forward
 of the benchmark's Llama, hidden 256, MLP 688: 5,849 to 4,585 floats per token and layer, -22%; the count is
-``tests/test_lean_activations.py``'s).
+``tests/test_lean_activations.py``'s). In amapo's forward (``amapo.model.logps``) ``RecomputedActivations`` goes
+further: the norms' outputs and the SwiGLU product, which the next linears keep as their inputs, are rebuilt in
+backward from what the lean modules keep (2 x hidden + intermediate fewer again: 4,971 to 3,771 floats per token
+and layer there, -24%, at 2 rows of 512 tokens).
 
 Exactness: a patched module's forward runs the same ops in the same order as the module's own, so its output is
 bit-identical (checked on every patched class at patch time, where its weights are materialized); backward is the
@@ -20,8 +23,11 @@ instance a ``forward``: its own hooks (DeepSpeed ZeRO-3's gathering, PEFT's wrap
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
+import weakref
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +53,12 @@ class RMSNormFunction(torch.autograd.Function):
         rstd = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, rstd)
         return weight * (h * rstd).to(x.dtype)
+
+    @staticmethod
+    def recompute(x, weight, eps):
+        """The forward's output again, the same ops in the same order: bit for bit."""
+        h = x.to(torch.float32)
+        return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -85,12 +97,116 @@ class SiluMulFunction(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+def silu_mul(gate, up):
+    return F.silu(gate) * up
+
+
 def lean_rms_norm_forward(self, hidden_states):
-    return RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+    out = RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+    recomputable(out, RMSNormFunction.recompute, hidden_states, self.weight, self.variance_epsilon)
+    return out
 
 
 def lean_swiglu_forward(self, x):
-    return self.down_proj(SiluMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    product = SiluMulFunction.apply(gate, up)
+    recomputable(product, silu_mul, gate, up)
+    return self.down_proj(product)
+
+
+class _Recipe:
+    """How to rebuild a saved tensor in backward: ``function(*inputs)`` (the inputs are kept for backward anyway),
+    then the saved view of it (a linear saves its input flattened to [tokens, features]: a view of the output)."""
+
+    __slots__ = ("function", "inputs", "layout", "view")
+
+    def __init__(self, function, inputs, layout, view):
+        self.function, self.inputs, self.layout, self.view = function, inputs, layout, view
+
+    def __call__(self) -> torch.Tensor:
+        with torch.no_grad():
+            output = self.function(*self.inputs)
+        if (output.shape, output.stride(), output.storage_offset()) != self.layout:
+            raise RuntimeError(f"lean activations: recomputed {self.layout} as {output.shape}, {output.stride()}")
+        return output.as_strided(*self.view)
+
+
+class RecomputedActivations:
+    """While active (``with``), the norms' outputs and the SwiGLU product that the next linears save for backward
+    are rebuilt in backward instead of kept (the second half of ``--lean_activations``).
+
+    Each q / k / v and gate / up projection keeps its input, a norm's output (hidden per token), and down_proj keeps
+    silu(gate) * up (intermediate per token); the lean norm and MLP keep x and gate, up already, from which those
+    are one cheap elementwise op away. A lean forward registers its output with its recipe (``recomputable``); the
+    ``saved_tensors_hooks`` pack of a tensor that is such an output or a view of it (its storage, unchanged since:
+    the same version) stores the recipe, and unpack runs it and takes the same view: the same ops in the same order,
+    so backward reads the same bits (``amapo.model.sequence_rows`` registers the attention output that way too). The
+    benchmark's Llama (hidden 256, MLP 688) then keeps 6 + 2 x intermediate / hidden hidden-sized tensors per token
+    and layer where the lean modules alone keep 8 + 3 x intermediate / hidden.
+
+    A registry entry lives as long as the output it describes (a weak reference whose callback drops it), so the
+    inputs it holds live no longer than the layer that made them; under activation checkpointing (whose own hooks
+    pack inside each layer) nothing is kept longer than without this. The norm's weight is copied (hidden floats),
+    since a sharded engine frees its gathered parameters after the forward. Not under ``torch.compile`` (hooks break
+    dynamo's graph).
+    """
+
+    _depth = 0
+    _recipes: ClassVar[dict] = {}  # storage pointer -> (weakref output, version, function, inputs)
+
+    def __enter__(self):
+        RecomputedActivations._depth += 1
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        RecomputedActivations._depth -= 1
+        if RecomputedActivations._depth == 0:
+            RecomputedActivations._recipes.clear()
+
+    @classmethod
+    def register(cls, output: torch.Tensor, function, *inputs) -> None:
+        key = output.untyped_storage().data_ptr()
+
+        def forget(ref, key=key):
+            entry = cls._recipes.get(key)
+            if entry is not None and entry[0] is ref:
+                del cls._recipes[key]
+
+        cls._recipes[key] = (weakref.ref(output, forget), output._version, function, inputs)
+
+    @classmethod
+    def pack(cls, tensor: torch.Tensor):
+        entry = cls._recipes.get(tensor.untyped_storage().data_ptr()) if cls._recipes else None
+        if entry is None:
+            return tensor
+        output_ref, version, function, inputs = entry
+        output = output_ref()
+        if output is None or (output.dtype, output.device, version) != (tensor.dtype, tensor.device, tensor._version):
+            return tensor
+        layout = (output.shape, output.stride(), output.storage_offset())
+        return _Recipe(function, inputs, layout, (tensor.shape, tensor.stride(), tensor.storage_offset()))
+
+    @staticmethod
+    def unpack(packed):
+        return packed() if isinstance(packed, _Recipe) else packed
+
+
+def recomputable(output: torch.Tensor, function, *inputs) -> None:
+    """Register ``output == function(*inputs)`` while ``RecomputedActivations`` is active. The inputs must be kept
+    for backward anyway (else the recipe keeps them); a parameter among them is copied (detached)."""
+    if RecomputedActivations._depth and output.requires_grad and not torch.compiler.is_compiling():
+        copies = {i: t.detach().clone() for i, t in enumerate(inputs) if isinstance(t, torch.nn.Parameter)}
+        if copies:
+            function = functools.partial(_with_copies, function, copies)
+            inputs = tuple(None if i in copies else t for i, t in enumerate(inputs))
+        RecomputedActivations.register(output, function, *inputs)
+
+
+def _with_copies(function, copies: dict, *inputs):
+    return function(*(copies.get(i, t) for i, t in enumerate(inputs)))
 
 
 def _patchable(module) -> types.FunctionType | None:

@@ -16,6 +16,7 @@ with other response-token counts reuse one graph instead of recompiling it (issu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import types
@@ -25,7 +26,9 @@ import torch
 
 from amapo.errors import UserError
 from amapo.hf_internals import attention_implementation
+from amapo.model import sequence_rows
 from amapo.model.layouts import model_inputs
+from amapo.model.lean_activations import RecomputedActivations
 from amapo.model.lm_head import LogitTransform, chunk_size_for, token_logps_from_hidden
 from amapo.model.wrappers import causal_lm_of
 
@@ -74,7 +77,9 @@ def enable_response_logps(model: torch.nn.Module, chunk_tokens: int = 0, kernel:
         if response_targets is None:
             return original_forward(*args, **kwargs)
         kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state  # the decoder, final norm included
+        # lean modules' outputs rebuilt in backward, not kept (lean_activations); not in a compiled graph
+        with contextlib.nullcontext() if torch.compiler.is_compiling() else RecomputedActivations():
+            hidden = self.base_model(*args, **kwargs).last_hidden_state  # the decoder, final norm included
         return _head_token_logps(self, hidden, response_targets, transform)
 
     lm.forward = types.MethodType(forward, lm)
@@ -143,6 +148,7 @@ def verify_fused_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     model.eval()
     try:
         fused = model(**inputs, response_targets=ResponseTargets(columns, ids))  # one row: flat positions = columns
+        sequence_rows.check_used(inputs.get(sequence_rows.KEYWORD), lm)
         logits = _own_logits_at(model, lm, inputs, columns)  # [1, k, V]
     finally:
         model.train(training)
@@ -173,7 +179,8 @@ def check_sample(batch: dict[str, torch.Tensor], budget: int) -> tuple[dict[str,
     columns = batch["target_positions"][mine] - row * width
     end = int(columns.max()) + 1 if columns.numel() else 1
     keys = ("input_ids", "position_ids", "attention_mask", "segment_ids")
-    sample = {key: batch[key][row : row + 1, :end] for key in keys if batch.get(key) is not None}
+    # a None kept as None: a padded slice of sequence parallelism has no mask (``model_inputs``: none built)
+    sample = {key: None if batch[key] is None else batch[key][row : row + 1, :end] for key in keys if key in batch}
     sample["target_ids"] = batch["target_ids"][mine]
     return sample, columns
 
@@ -216,6 +223,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
             verify_fused_logps(model, batch)
         inputs = model_inputs(batch, dtype, attention_implementation(lm.config))
         per_token = model(**inputs, response_targets=targets)
+        sequence_rows.check_used(inputs.get(sequence_rows.KEYWORD), lm)
     summed = per_token.new_zeros(lengths.shape[0]).index_add(0, batch["target_owner"], per_token)
     return summed, lengths
 

@@ -138,10 +138,10 @@ class TrainOptionsBase:
         default="auto",
         metadata={
             "help": "How a batch of pairs is laid out for the forward pass: shared_prompt (prompt once per pair, "
-            "needs eager, sdpa or flex_attention; on eager/sdpa a dense [B, 1, T, T] mask), packed (no padding on "
-            "flash-attention or flex_attention; on eager/sdpa rows as wide as the longest sequence), padded, or "
-            "auto (shared_prompt on flex_attention, packed on flash-attention, on eager/sdpa shared_prompt or "
-            "padded per batch, whichever costs less memory at its lengths; padded otherwise)."
+            "needs eager, sdpa or flex_attention; on eager a dense [B, 1, T, T] mask, on sdpa none), packed (no "
+            "padding on flash-attention or flex_attention; on eager/sdpa rows as wide as the longest sequence), "
+            "padded, or auto (shared_prompt on sdpa and flex_attention, packed on flash-attention, on eager "
+            "shared_prompt or padded per batch, whichever costs less memory at its lengths; padded otherwise)."
         },
     )
     lm_head_chunk_size: int = field(
@@ -160,8 +160,9 @@ class TrainOptionsBase:
         default=True,
         metadata={
             "help": "Keep fewer activations for backward in the RMSNorms and SwiGLU MLPs of Llama, Mistral and Qwen2/3 "
-            "models, as Liger's kernels do, in PyTorch on any device (about a fifth less activation memory; the "
-            "same forward bit for bit). Off under --use_liger_kernel, whose kernels do it."
+            "models, as Liger's kernels do, in PyTorch on any device, and rebuild the norms' outputs and the SwiGLU "
+            "product in backward (about two fifths less activation memory; the same forward bit for bit). Off under "
+            "--use_liger_kernel, whose kernels keep about as little."
         },
     )
     sequence_parallel_size: int = field(

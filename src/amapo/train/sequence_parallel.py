@@ -43,7 +43,8 @@ Masks. Ulysses drops every attention mask but a FlexAttention ``BlockMask`` (whi
 and relies on causal attention plus position ids. So the padded layout works on sdpa, flex_attention and
 flash-attention (right padding: a real token never sees a pad), the packed one on flash-attention only (its varlen
 kernel reads the sequence boundaries from the position ids), and the shared-prompt layout (a rejected token must
-not see the chosen ones) on none. Eager attention is refused by Ulysses itself.
+not see the chosen ones) on none. Eager attention is refused by Ulysses itself. The model is therefore given no
+mask under SP at all (``local_batch``): one built for a rank's slice would only be dropped.
 
 Evaluation batches are not sliced (the adapter wraps the training loader only): each rank evaluates its own whole
 batches with ordinary attention, as without SP.
@@ -215,6 +216,11 @@ def local_batch(batch: dict) -> tuple[dict, bool]:
 
     The response-token table is read off the (sliced) grids: flat positions into this rank's [R * T_local] hidden
     states, their target tokens and sequences; ``response_lengths`` stays the whole sequences' count.
+
+    ``attention_mask`` is None: the rows are causal by their position ids alone (the module docstring, "Masks").
+    Without the key, ``amapo.model.layouts.model_inputs`` would take the batch for a packed one and, on sdpa, build
+    a dense [R, 1, T_local, T_local] mask for every forward, which Ulysses then drops: 128 MiB per rank at 2 x 8,192
+    tokens on SP 2 (fp32), 512 MiB at 2 x 16,384, growing with the square of the slice.
     """
     sliced = "shift_labels" in batch
     if sliced:  # (the adapter's slices of a CPU tensor are views: ``view`` needs them contiguous)
@@ -226,6 +232,7 @@ def local_batch(batch: dict) -> tuple[dict, bool]:
     local = {
         "input_ids": batch["input_ids"].contiguous(),
         "position_ids": batch["position_ids"].contiguous(),
+        "attention_mask": None,  # causal by position: no mask built (see above)
         "target_positions": positions,
         "target_ids": flat[positions],
         "target_owner": batch["target_owner"].contiguous().reshape(-1)[positions],
